@@ -1,0 +1,155 @@
+"""The ``framesift`` command: the stages without Airflow, the local stack, the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import yaml
+
+from framesift import stack
+from framesift.config import ConfigError, PipelineConfig, load_config
+
+
+def connect(cfg: PipelineConfig):
+    """S3 client and Mongo database from the environment, else from a running `stack up`."""
+    from pymongo import MongoClient
+
+    from framesift.storage import make_client
+
+    env = {**stack.env_from_state(), **os.environ}
+    mongo_uri = env.get("FRAMESIFT_MONGO_URI")
+    if not mongo_uri:
+        raise SystemExit(
+            "no MongoDB to talk to: set FRAMESIFT_MONGO_URI (and FRAMESIFT_S3_ENDPOINT_URL for a non-AWS store), "
+            "or start the local stack with `framesift stack up`"
+        )
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        if key in env:
+            os.environ.setdefault(key, env[key])
+    s3 = make_client(endpoint_url=env.get("FRAMESIFT_S3_ENDPOINT_URL"))
+    db = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)[cfg.mongo.database]
+    return s3, db
+
+
+def cmd_stack(args) -> int:
+    if args.action == "up":
+        info = stack.up()
+        print(f"stack up (pid {info.pid}): S3 {info.s3_endpoint}  MongoDB {info.mongo_uri}")
+        print("point a shell at it with:  eval \"$(framesift stack env)\"   stop it with: framesift stack down")
+    elif args.action == "down":
+        print("stack stopped" if stack.down() else "no stack running")
+    elif args.action == "env":
+        env = stack.env_from_state()
+        if not env:
+            print("# no stack running: framesift stack up", file=sys.stderr)
+            return 1
+        for key, value in env.items():
+            print(f"export {key}='{value}'")
+    elif args.action == "status":
+        info = stack.read_state()
+        print(f"running (pid {info.pid}): S3 {info.s3_endpoint}  MongoDB {info.mongo_uri}" if info else "not running")
+    return 0
+
+
+def cmd_config(args) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
+def cmd_discover(args) -> int:
+    from framesift.discovery import find_new_videos
+
+    cfg = load_config(args.config)
+    s3, db = connect(cfg)
+    new = find_new_videos(s3, db, cfg, args.prefix)
+    for obj in new:
+        print(f"{obj.uri}\t{obj.size}\t{obj.etag}")
+    print(f"{len(new)} new video(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from framesift.ingest import extract_one
+    from framesift.registry import ensure_indexes, register
+    from framesift.storage import head, parse_s3_uri
+
+    cfg = load_config(args.config)
+    s3, db = connect(cfg)
+    ensure_indexes(db)
+    work = stack.var_dir() / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    run_id = f"cli-{int(time.time())}"
+    status = 0
+    for uri in args.uris:
+        bucket, key = parse_s3_uri(uri)
+        ref, _ = register(db, head(s3, bucket, key), run_id)
+        out = extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
+        print(f"{uri}: {out['status']}" + (f" ({out['reason']})" if out["reason"] else "") + f", {out['frames_written']} frames at {out['frames_prefix']}")
+        status |= out["status"] not in ("extracted",)
+    return status
+
+
+def cmd_videos(args) -> int:
+    from framesift.registry import count_by_status, recent
+
+    cfg = load_config(args.config)
+    _, db = connect(cfg)
+    print("  ".join(f"{k}: {v}" for k, v in sorted(count_by_status(db).items())) or "no videos registered")
+    for doc in recent(db, args.limit):
+        frames = (doc.get("frames") or {}).get("frames_written", "-")
+        reason = f"  ({doc['reason']})" if doc.get("reason") else ""
+        print(f"{doc['updated_at']:%Y-%m-%d %H:%M:%S}  {doc['status']:<12} {frames!s:>6} frames  s3://{doc['bucket']}/{doc['key']}{reason}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from framesift.demo import run_demo
+
+    return run_demo(keep_stack=args.keep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="framesift", description=__doc__)
+    parser.add_argument("--config", help="pipeline YAML (default: $FRAMESIFT_CONFIG or the packaged default)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stack", help="the embedded local stack (S3, MongoDB on loopback)")
+    p.add_argument("action", choices=["up", "down", "env", "status"])
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("config", help="validate a config file and print it resolved")
+    p.add_argument("file", nargs="?")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("discover", help="list uploads not yet in the registry")
+    p.add_argument("--prefix")
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("extract", help="register and extract frames of s3:// videos (no Airflow)")
+    p.add_argument("uris", nargs="+")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("videos", help="the videos registry: counts and latest records")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_videos)
+
+    p = sub.add_parser("demo", help="run framesift_ingest on the embedded stack with sample videos")
+    p.add_argument("--keep", action="store_true", help="keep the stack running afterwards until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

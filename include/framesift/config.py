@@ -1,0 +1,276 @@
+"""The pipeline configuration: one validated model of the YAML file.
+
+Every stage reads its own section. The book-style flat keys (``model_path_in_s3``,
+``proportionSamples``, ...) are accepted too and each is mapped, independently of the
+others, onto its place in the nested model. Unknown keys and wrong types fail with a
+message naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[1] / "config" / "framesift.yaml"
+
+# book-style flat key -> dotted path in the nested model
+BOOK_KEYS: dict[str, str] = {
+    "videos_folder_in_s3": "storage.videos_prefix",
+    "s3_bucket_output": "storage.output_bucket",
+    "model_path_in_s3": "inference.model_uri",
+    "inference_confidence_threshold": "inference.confidence_threshold",
+    "isSSLEnabled": "inference.embedding.ssl.enabled",
+    "maxSSLepochs": "inference.embedding.ssl.max_epochs",
+    "proportionSamples": "selection.proportion_samples",
+    "balance": "selection.balance",
+    "balance_strategy": "selection.balance_strategy",
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key it concerns."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    bucket: str = "framesift"
+    videos_prefix: str = "videos/"
+    output_bucket: str | None = None
+    output_prefix: str = "framesift/"
+
+    @property
+    def out_bucket(self) -> str:
+        return self.output_bucket or self.bucket
+
+
+class MongoConfig(_Section):
+    database: str = "framesift"
+
+
+class ConnectionsConfig(_Section):
+    """Airflow connection ids; credentials live in the connections, never here."""
+
+    aws: str = "aws_default"
+    mongo: str = "mongo_default"
+    labeling: str = "framesift_labeling"
+
+
+class DiscoveryConfig(_Section):
+    # list: a deferrable trigger lists the prefix (any S3-compatible store).
+    # sqs: an AssetWatcher on an SQS queue fed by S3 event notifications (AWS).
+    mode: Literal["list", "sqs"] = "list"
+    sqs_queue_url: str | None = None
+    poll_interval_s: float = Field(30.0, gt=0)
+    video_extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts"]
+    )
+    max_videos_per_run: int = Field(256, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _sqs_needs_url(self) -> DiscoveryConfig:
+        if self.mode == "sqs" and not (self.sqs_queue_url or os.environ.get("FRAMESIFT_SQS_QUEUE_URL")):
+            raise ValueError("mode 'sqs' needs sqs_queue_url (or FRAMESIFT_SQS_QUEUE_URL in the environment)")
+        return self
+
+
+class DedupeConfig(_Section):
+    enabled: bool = True
+    # mean absolute difference of 32x32 grey thumbnails, in [0, 1]; below it a frame
+    # counts as a near-duplicate of the last frame kept
+    threshold: float = Field(0.01, ge=0, le=1)
+
+
+class ExtractionConfig(_Section):
+    sampling: Literal["fps", "every_n", "keyframes", "all"] = "fps"
+    fps: float = Field(1.0, gt=0)
+    every_n: int = Field(30, ge=1)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    image_format: Literal["png", "jpg"] = "png"
+    png_compression: int = Field(1, ge=0, le=9)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    max_width: int = Field(7680, ge=1)
+    max_height: int = Field(4320, ge=1)
+    max_duration_s: float = Field(4 * 3600, gt=0)
+    max_file_size_mb: float = Field(20_000, gt=0)
+    upload_workers: int = Field(8, ge=1, le=64)
+
+
+class SSLConfig(_Section):
+    enabled: bool = False
+    max_epochs: int = Field(10, ge=1)
+
+
+class EmbeddingConfig(_Section):
+    model: Literal["detector", "efficientnet_lite0"] = "detector"
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
+
+
+class InferenceConfig(_Section):
+    model_uri: str | None = None
+    confidence_threshold: float = Field(0.3, ge=0, le=1)
+    device: str = "auto"
+    half: bool | Literal["auto"] = "auto"
+    batch_size: int = Field(16, ge=1)
+    imgsz: int = Field(640, ge=32)
+    prefetch: int = Field(64, ge=1)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+
+
+class SelectionConfig(_Section):
+    n_samples: int | None = Field(None, ge=1)
+    proportion_samples: float | None = Field(None, gt=0, le=1)
+    strategies: list[dict[str, Any]] = Field(default_factory=list)
+    balance: bool | dict[str, float] | None = None
+    balance_strategy: Literal["TARGET", "UNIFORM", "INPUT"] | None = None
+    random_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upper_balance_strategy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("balance_strategy"), str):
+            data = {**data, "balance_strategy": data["balance_strategy"].upper()}
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SelectionConfig:
+        if self.n_samples is not None and self.proportion_samples is not None:
+            raise ValueError("give exactly one of n_samples or proportion_samples, not both")
+        return self
+
+
+class LabelingConfig(_Section):
+    backend: Literal["label_studio", "encord"] = "label_studio"
+    project_name: str = "framesift"
+    labeler: str | None = None
+    reviewer: str | None = None
+
+
+class TrackingConfig(_Section):
+    project_name: str = "active_learning_runs"
+    offline: bool = True
+
+
+class EvaluationConfig(_Section):
+    targets: dict[str, float] = Field(default_factory=lambda: {"map50_95": 0.5})
+    min_new_labels: int = Field(50, ge=0)
+
+
+class DriftConfig(_Section):
+    window_frames: int = Field(500, ge=10)
+
+
+class PipelineConfig(_Section):
+    important_classes: list[str] = Field(default_factory=list)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    mongo: MongoConfig = Field(default_factory=MongoConfig)
+    connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    labeling: LabelingConfig = Field(default_factory=LabelingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+
+def _map_book_keys(data: dict[str, Any], source: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Move each book-style key to its nested place; return the data and path->book key."""
+    data = dict(data)
+    origin: dict[str, str] = {}
+    for book_key, dotted in BOOK_KEYS.items():
+        if book_key not in data:
+            continue
+        value = data.pop(book_key)
+        *parents, leaf = dotted.split(".")
+        node = data
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{source}: {part}: expected a mapping, got {type(child).__name__}")
+            node[part] = child = dict(child)
+            node = child
+        if leaf in node and node[leaf] != value:
+            raise ConfigError(
+                f"{source}: '{book_key}' ({value!r}) and '{dotted}' ({node[leaf]!r}) say different things; keep one"
+            )
+        node[leaf] = value
+        origin[dotted] = book_key
+    return data, origin
+
+
+def _describe(err: dict[str, Any], origin: dict[str, str]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    key = f"{origin[loc]} (= {loc})" if loc in origin else loc
+    if err["type"] == "extra_forbidden":
+        section_model = _section_model(err["loc"][:-1])
+        known = list(section_model.model_fields) if section_model else []
+        close = difflib.get_close_matches(str(err["loc"][-1]), known + list(BOOK_KEYS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys here: {', '.join(known)}"
+        return f"{key}: unknown key{hint}"
+    got = "" if err["type"].endswith("_missing") else f" (got {err.get('input')!r})"
+    return f"{key or '<top level>'}: {err['msg']}{got}"
+
+
+def _section_model(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = PipelineConfig
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> PipelineConfig:
+    """Validate a config mapping; ``source`` names the file in error messages."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    mapped, origin = _map_book_keys(data, source)
+    try:
+        return PipelineConfig.model_validate(mapped)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e, origin) for e in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load the pipeline YAML (``FRAMESIFT_CONFIG`` or the packaged default).
+
+    ``overrides`` is a nested mapping merged over the file, e.g. from DAG params.
+    """
+    path = Path(path or os.environ.get("FRAMESIFT_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if overrides:
+        data = deep_merge(data or {}, overrides)
+    return parse_config(data, str(path))
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

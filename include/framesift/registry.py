@@ -1,0 +1,147 @@
+"""The Mongo ``videos`` registry: one document per version of an uploaded object.
+
+Keyed by bucket/key/etag, so duplicate events, retries and re-runs never create a
+second record, while a new version of an object (new etag) does. Each document
+carries a status with a timestamped history of who moved it where:
+
+    discovered -> extracting -> extracted -> (later stages) ...
+                            \\-> quarantined (bad input, with a reason; final)
+                            \\-> failed (infrastructure error; claimable again)
+
+A stage *claims* a video atomically before working on it, so two DAG runs that
+saw the same upload cannot both process it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.database import Database
+
+from framesift import layout
+from framesift.storage import S3Object
+
+VIDEOS = "videos"
+
+DISCOVERED = "discovered"
+EXTRACTING = "extracting"
+EXTRACTED = "extracted"
+QUARANTINED = "quarantined"
+FAILED = "failed"
+
+# a claim older than this is presumed to belong to a crashed worker
+STALE_CLAIM = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """What tasks pass to each other about a video (small, XCom-safe)."""
+
+    video_id: str
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def ensure_indexes(db: Database) -> None:
+    coll = db[VIDEOS]
+    coll.create_index([("bucket", ASCENDING), ("key", ASCENDING), ("etag", ASCENDING)], unique=True)
+    coll.create_index([("status", ASCENDING)])
+    coll.create_index([("updated_at", ASCENDING)])
+
+
+def register(db: Database, obj: S3Object, run_id: str | None) -> tuple[VideoRef, bool]:
+    """Upsert the registry record of ``obj``; return (ref, created)."""
+    vid = layout.video_id(obj.bucket, obj.key, obj.etag)
+    ts = now()
+    result = db[VIDEOS].update_one(
+        {"_id": vid},
+        {
+            "$setOnInsert": {
+                "bucket": obj.bucket,
+                "key": obj.key,
+                "etag": obj.etag,
+                "size": obj.size,
+                "status": DISCOVERED,
+                "reason": None,
+                "created_at": ts,
+                "updated_at": ts,
+                "first_run_id": run_id,
+                "run_id": run_id,
+                "history": [{"status": DISCOVERED, "at": ts, "run_id": run_id}],
+            }
+        },
+        upsert=True,
+    )
+    return VideoRef(vid, obj.bucket, obj.key, obj.etag, obj.size), result.upserted_id is not None
+
+
+def known_ids(db: Database, objects: Iterable[S3Object]) -> set[str]:
+    ids = [layout.video_id(o.bucket, o.key, o.etag) for o in objects]
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(d["_id"] for d in db[VIDEOS].find({"_id": {"$in": chunk}}, {"_id": 1}))
+    return found
+
+
+def get(db: Database, video_id: str) -> dict[str, Any] | None:
+    return db[VIDEOS].find_one({"_id": video_id})
+
+
+def claim(db: Database, video_id: str, run_id: str, *, to: str, from_statuses: Iterable[str]) -> dict | None:
+    """Atomically move a video into stage ``to`` for ``run_id``.
+
+    Succeeds when the video is in one of ``from_statuses``, already claimed by this
+    same run (a task retry), or claimed by a run whose claim went stale. Returns the
+    updated document, or None when someone else owns it or it is past this stage.
+    """
+    ts = now()
+    query = {
+        "_id": video_id,
+        "$or": [
+            {"status": {"$in": list(from_statuses)}},
+            {"status": to, "run_id": run_id},
+            {"status": to, "updated_at": {"$lt": ts - STALE_CLAIM}},
+        ],
+    }
+    return db[VIDEOS].find_one_and_update(
+        query,
+        {
+            "$set": {"status": to, "run_id": run_id, "updated_at": ts, "reason": None},
+            "$push": {"history": {"status": to, "at": ts, "run_id": run_id}},
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+
+
+def mark(db: Database, video_id: str, status: str, run_id: str | None, *, reason: str | None = None, **fields: Any) -> None:
+    """Record a status change (with its reason and any result fields)."""
+    ts = now()
+    entry = {"status": status, "at": ts, "run_id": run_id}
+    if reason:
+        entry["reason"] = reason
+    db[VIDEOS].update_one(
+        {"_id": video_id},
+        {"$set": {"status": status, "reason": reason, "updated_at": ts, **fields}, "$push": {"history": entry}},
+    )
+
+
+def recent(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    return list(db[VIDEOS].find({}, {"history": 0}).sort("updated_at", -1).limit(limit))
+
+
+def count_by_status(db: Database) -> dict[str, int]:
+    return {d["_id"]: d["n"] for d in db[VIDEOS].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])}

@@ -1,0 +1,1 @@
+"""Airflow glue for framesift: hooks, triggers, operators, the plugin. No pipeline logic lives here."""

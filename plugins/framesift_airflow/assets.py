@@ -1,0 +1,23 @@
+"""The uploads asset and its watcher: SQS notifications on AWS, prefix listing elsewhere."""
+
+from __future__ import annotations
+
+import os
+
+from airflow.sdk import Asset, AssetWatcher
+
+from framesift.config import PipelineConfig
+
+
+def uploads_asset(cfg: PipelineConfig, config_path: str | None = None) -> Asset:
+    uri = f"s3://{cfg.storage.bucket}/{cfg.storage.videos_prefix}"
+    if cfg.discovery.mode == "sqs":
+        from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+
+        queue_url = cfg.discovery.sqs_queue_url or os.environ["FRAMESIFT_SQS_QUEUE_URL"]
+        trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=queue_url, aws_conn_id=cfg.connections.aws)
+    else:
+        from framesift_airflow.triggers import NewVideosTrigger
+
+        trigger = NewVideosTrigger(config_path=config_path)
+    return Asset(name="framesift_uploads", uri=uri, watchers=[AssetWatcher(name="framesift_uploads_watcher", trigger=trigger)])

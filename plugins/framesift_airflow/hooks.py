@@ -1,0 +1,38 @@
+"""Hooks own the clients; operators and triggers ask them for clients and config."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from framesift.config import PipelineConfig, load_config
+
+
+class FramesiftHook(BaseHook):
+    """The pipeline config plus the S3 and Mongo clients of its configured connections.
+
+    Credentials come from the Airflow connections named in ``connections:`` of the
+    config (``aws_default`` and ``mongo_default`` by default), never from the config.
+    """
+
+    def __init__(self, config_path: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config: PipelineConfig = load_config(config_path, overrides)
+
+    @cached_property
+    def s3(self):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.config.connections.aws).get_conn()
+
+    @cached_property
+    def mongo_client(self):
+        from airflow.providers.mongo.hooks.mongo import MongoHook
+
+        return MongoHook(mongo_conn_id=self.config.connections.mongo).get_conn()
+
+    @cached_property
+    def db(self):
+        return self.mongo_client[self.config.mongo.database]
