@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 
 export FRAMESIFT_VAR_DIR := $(ROOT)/var
+# libraries that insist on ~ (ClearML's session cache, Label Studio, ...) write under var/home
+export HOME := $(ROOT)/var/home
 export AIRFLOW_HOME := $(ROOT)/var/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(ROOT)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(ROOT)/plugins

@@ -56,6 +56,7 @@ class StackInfo:
 
     def env(self) -> dict[str, str]:
         """Environment that points Airflow connections, the CLI and ClearML at the stack."""
+        clearml_dir = var_dir() / "clearml"
         aws_conn = {
             "conn_type": "aws",
             "login": TEST_KEY_ID,
@@ -72,7 +73,26 @@ class StackInfo:
             "AWS_ACCESS_KEY_ID": TEST_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
             "AWS_DEFAULT_REGION": REGION,
+            # ClearML: offline sessions under the project's var dir, importable into a server later
+            "CLEARML_OFFLINE_MODE": "1",
+            "CLEARML_CACHE_DIR": str(clearml_dir / "cache"),
+            "CLEARML_CONFIG_FILE": str(write_clearml_config(clearml_dir)),
         }
+
+
+# close() returns at once instead of waiting ~10 s for a reporting subprocess
+CLEARML_CONF = """sdk {
+  development { report_use_subprocess: false }
+}
+"""
+
+
+def write_clearml_config(clearml_dir: Path) -> Path:
+    clearml_dir.mkdir(parents=True, exist_ok=True)
+    path = clearml_dir / "clearml.conf"
+    if not path.exists() or path.read_text() != CLEARML_CONF:
+        path.write_text(CLEARML_CONF)
+    return path
 
 
 class EmbeddedStack:
@@ -91,6 +111,7 @@ class EmbeddedStack:
         from secantus import SecantusDBServer
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._moto.start()
         host, port = self._moto.get_host_and_port()
@@ -162,9 +183,7 @@ def read_state() -> StackInfo | None:
     if not path.exists():
         return None
     info = StackInfo(**json.loads(path.read_text()))
-    try:
-        os.kill(info.pid, 0)
-    except ProcessLookupError:
+    if not _alive(info.pid):
         path.unlink(missing_ok=True)  # left over from a crashed stack
         return None
     return info
@@ -221,9 +240,24 @@ def down(timeout_s: float = 20.0) -> bool:
         return False
     os.killpg(os.getpgid(info.pid), signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and state_path().exists():
+    while time.monotonic() < deadline and _alive(info.pid):
         time.sleep(0.2)
+    if _alive(info.pid):
+        os.killpg(os.getpgid(info.pid), signal.SIGKILL)
+        state_path().unlink(missing_ok=True)
     return True
+
+
+def _alive(pid: int) -> bool:
+    """True while the process runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
+    except OSError:
+        return True
 
 
 def env_from_state() -> dict[str, str]:

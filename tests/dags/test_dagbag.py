@@ -49,3 +49,21 @@ def test_dag_files_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     (line,) = [x for x in out.stdout.splitlines() if x.startswith("HEAVY=")]
     assert line == "HEAVY=", f"imported at parse time: {line[6:]}"
+
+
+@pytest.mark.parametrize("mode", ["list", "sqs"])
+def test_uploads_asset_watcher_follows_discovery_mode(mode):
+    from framesift.config import parse_config
+    from framesift_airflow.assets import uploads_asset
+
+    cfg = parse_config({"discovery": {"mode": mode, "sqs_queue_url": "http://127.0.0.1:1/123456789012/q"}})
+    asset = uploads_asset(cfg)
+    (watcher,) = asset.watchers
+    classpath, kwargs = watcher.trigger.serialize()
+    assert asset.uri == "s3://framesift/videos"  # Airflow normalises the trailing slash away
+    if mode == "sqs":
+        # MessageQueueTrigger(scheme="sqs") hands over to the amazon provider's SQS trigger
+        assert classpath == "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger"
+        assert kwargs["sqs_queue"] == "http://127.0.0.1:1/123456789012/q" and kwargs["aws_conn_id"] == "aws_default"
+    else:
+        assert classpath == "framesift_airflow.triggers.NewVideosTrigger"
