@@ -75,7 +75,11 @@ def isolated(stack, tmp_path, monkeypatch):
     """
     tag = uuid.uuid4().hex[:8]
     data = {
-        "storage": {"bucket": stack.bucket, "videos_prefix": f"t-{tag}/videos/", "output_prefix": f"t-{tag}/out/"},
+        "storage": {
+            "bucket": stack.bucket,
+            "videos_prefix": f"t-{tag}/videos/",
+            "output_prefix": f"t-{tag}/out/",
+        },
         "mongo": {"database": f"t_{tag}"},
         "extraction": {"dedupe": {"enabled": False}},
     }

@@ -39,7 +39,7 @@ def cmd_stack(args) -> int:
     if args.action == "up":
         info = stack.up()
         print(f"stack up (pid {info.pid}): S3 {info.s3_endpoint}  MongoDB {info.mongo_uri}")
-        print("point a shell at it with:  eval \"$(framesift stack env)\"   stop it with: framesift stack down")
+        print('point a shell at it with:  eval "$(framesift stack env)"   stop it with: framesift stack down')
     elif args.action == "down":
         print("stack stopped" if stack.down() else "no stack running")
     elif args.action == "env":
@@ -51,7 +51,11 @@ def cmd_stack(args) -> int:
             print(f"export {key}='{value}'")
     elif args.action == "status":
         info = stack.read_state()
-        print(f"running (pid {info.pid}): S3 {info.s3_endpoint}  MongoDB {info.mongo_uri}" if info else "not running")
+        print(
+            f"running (pid {info.pid}): S3 {info.s3_endpoint}  MongoDB {info.mongo_uri}"
+            if info
+            else "not running"
+        )
     return 0
 
 
@@ -93,7 +97,11 @@ def cmd_extract(args) -> int:
         bucket, key = parse_s3_uri(uri)
         ref, _ = register(db, head(s3, bucket, key), run_id)
         out = extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
-        print(f"{uri}: {out['status']}" + (f" ({out['reason']})" if out["reason"] else "") + f", {out['frames_written']} frames at {out['frames_prefix']}")
+        print(
+            f"{uri}: {out['status']}"
+            + (f" ({out['reason']})" if out["reason"] else "")
+            + f", {out['frames_written']} frames at {out['frames_prefix']}"
+        )
         status |= out["status"] not in ("extracted",)
     return status
 
@@ -107,7 +115,9 @@ def cmd_videos(args) -> int:
     for doc in recent(db, args.limit):
         frames = (doc.get("frames") or {}).get("frames_written", "-")
         reason = f"  ({doc['reason']})" if doc.get("reason") else ""
-        print(f"{doc['updated_at']:%Y-%m-%d %H:%M:%S}  {doc['status']:<12} {frames!s:>6} frames  s3://{doc['bucket']}/{doc['key']}{reason}")
+        print(
+            f"{doc['updated_at']:%Y-%m-%d %H:%M:%S}  {doc['status']:<12} {frames!s:>6} frames  s3://{doc['bucket']}/{doc['key']}{reason}"
+        )
     return 0
 
 

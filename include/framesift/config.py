@@ -248,7 +248,9 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> Pipel
         raise ConfigError(f"{source}: {problems}") from None
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
     """Load the pipeline YAML (``FRAMESIFT_CONFIG`` or the packaged default).
 
     ``overrides`` is a nested mapping merged over the file, e.g. from DAG params.

@@ -18,7 +18,7 @@ from pathlib import Path
 from framesift import stack
 from framesift.config import load_config
 from framesift.ingest import summarize
-from framesift.storage import join_key, list_objects, make_client, upload
+from framesift.storage import join_key, list_objects, make_client, parse_s3_uri, upload
 
 
 def sample_video_path() -> Path:
@@ -39,13 +39,17 @@ def run_demo(keep_stack: bool = False) -> int:
     shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True)
 
-    with stack.EmbeddedStack(demo_dir / "stack", bucket=cfg.storage.bucket, videos_prefix=cfg.storage.videos_prefix) as info:
+    with stack.EmbeddedStack(
+        demo_dir / "stack", bucket=cfg.storage.bucket, videos_prefix=cfg.storage.videos_prefix
+    ) as info:
         env = {**os.environ, **info.env()}
         os.environ.update(info.env())
         print(f"embedded stack: S3 {info.s3_endpoint}, MongoDB {info.mongo_uri}")
 
         s3 = make_client(endpoint_url=info.s3_endpoint)
-        generated = make_video(demo_dir / "generated street.mp4", seconds=20, fps=30, width=640, height=360, seed=7)
+        generated = make_video(
+            demo_dir / "generated street.mp4", seconds=20, fps=30, width=640, height=360, seed=7
+        )
         uploads = {"bikes.mp4": sample_video_path(), "generated street.mp4": generated}
         for name, path in uploads.items():
             key = join_key(cfg.storage.videos_prefix, name)
@@ -68,11 +72,15 @@ def run_demo(keep_stack: bool = False) -> int:
         ids = [d["_id"] for d in db.videos.find({}, {"_id": 1})]
         summary = summarize(db, ids)
         print(f"\nframesift_ingest finished in {elapsed:.0f} s (airflow exit code {proc.returncode})")
-        print(f"videos: {summary['videos']}  by status: {summary['by_status']}  frames written: {summary['frames_written']}")
+        print(
+            f"videos: {summary['videos']}  by status: {summary['by_status']}  frames written: {summary['frames_written']}"
+        )
         for item in summary["extracted"]:
-            frames = [o.key for o in list_objects(s3, cfg.storage.out_bucket, item["frames_prefix"].split("/", 3)[3])]
-            print(f"  {item['key']}: {item['frames']} frames at {item['frames_prefix']}/")
-            print(f"      first: {frames[0].rsplit('/', 1)[-1] if frames else '-'}   last: {frames[-1].rsplit('/', 1)[-1] if frames else '-'}")
+            bucket, prefix = parse_s3_uri(item["frames_prefix"])
+            names = [o.key.rsplit("/", 1)[-1] for o in list_objects(s3, bucket, prefix) if o.key.endswith(".png")]
+            print(f"  {item['key']}: {item['frames']} frames at {item['frames_prefix']}")
+            if names:
+                print(f"      {names[0]} ... {names[-1]}")
         for item in summary["quarantined"] + summary["failed"]:
             print(f"  {item['key']}: {item['reason']}")
         ok = proc.returncode == 0 and summary["by_status"].get("extracted", 0) == len(uploads)
@@ -81,7 +89,9 @@ def run_demo(keep_stack: bool = False) -> int:
             print("".join(log_path.read_text().splitlines(keepends=True)[-40:]))
             return 1
         if keep_stack:
-            print("\nthe stack stays up; in another shell: export the variables below, then e.g. `framesift videos`")
+            print(
+                "\nthe stack stays up; in another shell: export the variables below, then e.g. `framesift videos`"
+            )
             for key, value in info.env().items():
                 print(f"export {key}='{value}'")
             print("Ctrl-C to stop.")

@@ -20,7 +20,9 @@ def is_video_key(key: str, extensions: Iterable[str]) -> bool:
     return key.lower().endswith(tuple(e.lower() for e in extensions))
 
 
-def list_candidates(s3, cfg: PipelineConfig, prefix: str | None = None) -> tuple[list[S3Object], list[S3Object]]:
+def list_candidates(
+    s3, cfg: PipelineConfig, prefix: str | None = None
+) -> tuple[list[S3Object], list[S3Object]]:
     """Objects under the videos prefix: (video-like keys, ignored keys)."""
     prefix = cfg.storage.videos_prefix if prefix is None else prefix
     videos, ignored = [], []
@@ -61,7 +63,12 @@ def objects_from_s3_event(body: str | dict[str, Any]) -> list[S3Object]:
         if not bucket or "key" not in obj:
             continue
         out.append(
-            S3Object(bucket, unquote_event_key(obj["key"]), clean_etag(obj.get("eTag", "")), int(obj.get("size", 0)))
+            S3Object(
+                bucket,
+                unquote_event_key(obj["key"]),
+                clean_etag(obj.get("eTag", "")),
+                int(obj.get("size", 0)),
+            )
         )
     return out
 
@@ -75,7 +82,9 @@ def objects_from_trigger_payloads(payloads: Iterable[dict[str, Any]]) -> list[S3
     out = []
     for payload in payloads:
         for message in payload.get("message_batch") or []:
-            out.extend(objects_from_s3_event(message.get("Body", "") if isinstance(message, dict) else message))
+            out.extend(
+                objects_from_s3_event(message.get("Body", "") if isinstance(message, dict) else message)
+            )
         for obj in payload.get("objects") or []:
             out.append(S3Object(obj["bucket"], obj["key"], clean_etag(obj["etag"]), int(obj.get("size", 0))))
     return dedupe(out)

@@ -47,7 +47,9 @@ def register_uploads(
         source = f"{len(payloads)} event(s)"
     else:
         objects = find_new_videos(s3, db, cfg, prefix)
-        source = f"listing s3://{cfg.storage.bucket}/{cfg.storage.videos_prefix if prefix is None else prefix}"
+        source = (
+            f"listing s3://{cfg.storage.bucket}/{cfg.storage.videos_prefix if prefix is None else prefix}"
+        )
 
     created = 0
     for obj in objects:
@@ -86,7 +88,9 @@ def _with_etag(s3, obj: S3Object) -> S3Object:
     return obj if obj.etag else head(s3, obj.bucket, obj.key)
 
 
-def extract_one(s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, work_dir: str) -> dict[str, Any]:
+def extract_one(
+    s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, work_dir: str
+) -> dict[str, Any]:
     """Claim, extract and record one video. Returns a small outcome dict.
 
     Bad input ends as ``quarantined`` with a reason (no exception). Infrastructure
@@ -96,7 +100,11 @@ def extract_one(s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id:
     if doc is None:
         current = registry.get(db, ref.video_id) or {}
         log.info(
-            "skip s3://%s/%s: already %s (run %s)", ref.bucket, ref.key, current.get("status"), current.get("run_id")
+            "skip s3://%s/%s: already %s (run %s)",
+            ref.bucket,
+            ref.key,
+            current.get("status"),
+            current.get("run_id"),
         )
         return _outcome(ref, current, skipped=True)
     db[registry.VIDEOS].update_one({"_id": ref.video_id}, {"$inc": {"attempts": 1}})
@@ -160,10 +168,16 @@ def summarize(db: Database, video_ids: Iterable[str]) -> dict[str, Any]:
         "videos": len(docs),
         "by_status": by_status,
         "frames_written": frames,
-        "quarantined": [{"key": d["key"], "reason": d.get("reason")} for d in docs if d["status"] == QUARANTINED],
+        "quarantined": [
+            {"key": d["key"], "reason": d.get("reason")} for d in docs if d["status"] == QUARANTINED
+        ],
         "failed": [{"key": d["key"], "reason": d.get("reason")} for d in docs if d["status"] == FAILED],
         "extracted": [
-            {"key": d["key"], "frames_prefix": d.get("frames_prefix"), "frames": (d.get("frames") or {}).get("frames_written")}
+            {
+                "key": d["key"],
+                "frames_prefix": d.get("frames_prefix"),
+                "frames": (d.get("frames") or {}).get("frames_written"),
+            }
             for d in docs
             if d["status"] == EXTRACTED
         ],

@@ -1,7 +1,7 @@
 """Where framesift puts things in the output bucket, in one place.
 
-    <output_prefix>/videos/<video_id>/frames/<stem>-<idx>-<ext>.png   (Lightly naming)
-    <output_prefix>/videos/<video_id>/manifest.json
+<output_prefix>/videos/<video_id>/frames/<stem>-<idx>-<ext>.png   (Lightly naming)
+<output_prefix>/videos/<video_id>/manifest.json
 """
 
 from __future__ import annotations

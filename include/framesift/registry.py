@@ -127,7 +127,9 @@ def claim(db: Database, video_id: str, run_id: str, *, to: str, from_statuses: I
     )
 
 
-def mark(db: Database, video_id: str, status: str, run_id: str | None, *, reason: str | None = None, **fields: Any) -> None:
+def mark(
+    db: Database, video_id: str, status: str, run_id: str | None, *, reason: str | None = None, **fields: Any
+) -> None:
     """Record a status change (with its reason and any result fields)."""
     ts = now()
     entry = {"status": status, "at": ts, "run_id": run_id}
@@ -135,7 +137,10 @@ def mark(db: Database, video_id: str, status: str, run_id: str | None, *, reason
         entry["reason"] = reason
     db[VIDEOS].update_one(
         {"_id": video_id},
-        {"$set": {"status": status, "reason": reason, "updated_at": ts, **fields}, "$push": {"history": entry}},
+        {
+            "$set": {"status": status, "reason": reason, "updated_at": ts, **fields},
+            "$push": {"history": entry},
+        },
     )
 
 
@@ -144,4 +149,6 @@ def recent(db: Database, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def count_by_status(db: Database) -> dict[str, int]:
-    return {d["_id"]: d["n"] for d in db[VIDEOS].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])}
+    return {
+        d["_id"]: d["n"] for d in db[VIDEOS].aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+    }

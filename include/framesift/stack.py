@@ -63,7 +63,12 @@ class StackInfo:
             "password": TEST_SECRET,
             "extra": {"endpoint_url": self.s3_endpoint, "region_name": REGION},
         }
-        mongo_conn = {"conn_type": "mongo", "host": self.mongo_host, "port": self.mongo_port, "schema": "framesift"}
+        mongo_conn = {
+            "conn_type": "mongo",
+            "host": self.mongo_host,
+            "port": self.mongo_port,
+            "schema": "framesift",
+        }
         return {
             "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(aws_conn),
             "AIRFLOW_CONN_MONGO_DEFAULT": json.dumps(mongo_conn),
@@ -98,7 +103,9 @@ def write_clearml_config(clearml_dir: Path) -> Path:
 class EmbeddedStack:
     """Start moto (S3+SQS) and SecantusDB on loopback; ``with EmbeddedStack(...) as info``."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], bucket: str = "framesift", videos_prefix: str = "videos/"):
+    def __init__(
+        self, data_dir: str | os.PathLike[str], bucket: str = "framesift", videos_prefix: str = "videos/"
+    ):
         self.data_dir = Path(data_dir)
         self.bucket = bucket
         self.videos_prefix = videos_prefix
@@ -140,7 +147,12 @@ class EmbeddedStack:
         """Create the bucket, the upload queue and the bucket's event notifications."""
         import boto3
 
-        kw = dict(endpoint_url=endpoint, region_name=REGION, aws_access_key_id=TEST_KEY_ID, aws_secret_access_key=TEST_SECRET)
+        kw = dict(
+            endpoint_url=endpoint,
+            region_name=REGION,
+            aws_access_key_id=TEST_KEY_ID,
+            aws_secret_access_key=TEST_SECRET,
+        )
         s3 = boto3.client("s3", **kw)
         sqs = boto3.client("sqs", **kw)
         s3.create_bucket(Bucket=self.bucket)

@@ -20,4 +20,8 @@ def uploads_asset(cfg: PipelineConfig, config_path: str | None = None) -> Asset:
         from framesift_airflow.triggers import NewVideosTrigger
 
         trigger = NewVideosTrigger(config_path=config_path)
-    return Asset(name="framesift_uploads", uri=uri, watchers=[AssetWatcher(name="framesift_uploads_watcher", trigger=trigger)])
+    return Asset(
+        name="framesift_uploads",
+        uri=uri,
+        watchers=[AssetWatcher(name="framesift_uploads_watcher", trigger=trigger)],
+    )

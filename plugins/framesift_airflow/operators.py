@@ -86,7 +86,9 @@ class ExtractFramesOperator(BaseOperator):
 
         hook = FramesiftHook(self.config_path)
         ref = VideoRef(**self.video)
-        outcome = extract_one(hook.s3, hook.db, hook.config, ref, run_id=_run_id(context), work_dir=_work_dir())
+        outcome = extract_one(
+            hook.s3, hook.db, hook.config, ref, run_id=_run_id(context), work_dir=_work_dir()
+        )
         if outcome["status"] == QUARANTINED:
             raise AirflowSkipException(f"quarantined s3://{ref.bucket}/{ref.key}: {outcome['reason']}")
         self.log.info(
@@ -125,7 +127,9 @@ class IngestSummaryOperator(BaseOperator):
             summary["frames_written"],
         )
         for item in summary["extracted"]:
-            self.log.info("  extracted %s: %s frames at %s", item["key"], item["frames"], item["frames_prefix"])
+            self.log.info(
+                "  extracted %s: %s frames at %s", item["key"], item["frames"], item["frames_prefix"]
+            )
         for item in summary["quarantined"]:
             self.log.warning("  quarantined %s: %s", item["key"], item["reason"])
         if summary["failed"]:
@@ -135,5 +139,3 @@ class IngestSummaryOperator(BaseOperator):
                 f"(up to 3 attempts); check the extract_frames logs for the error."
             )
         return summary
-
-

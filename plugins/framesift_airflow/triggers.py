@@ -20,7 +20,9 @@ class NewVideosTrigger(BaseEventTrigger):
     wait to be registered (the registry makes a repeat harmless anyway).
     """
 
-    def __init__(self, config_path: str | None = None, prefix: str | None = None, poll_interval_s: float | None = None):
+    def __init__(
+        self, config_path: str | None = None, prefix: str | None = None, poll_interval_s: float | None = None
+    ):
         super().__init__()
         self.config_path = config_path
         self.prefix = prefix
@@ -47,7 +49,9 @@ class NewVideosTrigger(BaseEventTrigger):
             objects, interval = await asyncio.to_thread(self._poll)
             fresh = [o for o in objects if (o["bucket"], o["key"], o["etag"]) not in yielded]
             if fresh:
-                self.log.info("found %d new upload(s): %s", len(fresh), ", ".join(o["key"] for o in fresh[:10]))
+                self.log.info(
+                    "found %d new upload(s): %s", len(fresh), ", ".join(o["key"] for o in fresh[:10])
+                )
                 yielded.update((o["bucket"], o["key"], o["etag"]) for o in fresh)
                 yield TriggerEvent({"objects": fresh})
             await asyncio.sleep(interval)

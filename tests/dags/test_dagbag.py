@@ -64,6 +64,9 @@ def test_uploads_asset_watcher_follows_discovery_mode(mode):
     if mode == "sqs":
         # MessageQueueTrigger(scheme="sqs") hands over to the amazon provider's SQS trigger
         assert classpath == "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger"
-        assert kwargs["sqs_queue"] == "http://127.0.0.1:1/123456789012/q" and kwargs["aws_conn_id"] == "aws_default"
+        assert (
+            kwargs["sqs_queue"] == "http://127.0.0.1:1/123456789012/q"
+            and kwargs["aws_conn_id"] == "aws_default"
+        )
     else:
         assert classpath == "framesift_airflow.triggers.NewVideosTrigger"

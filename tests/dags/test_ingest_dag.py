@@ -21,11 +21,18 @@ def ingest_dag():
 
 def run(dag, **conf):
     dr = dag.test(run_conf=conf or None)
-    return dr, {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.state for ti in dr.get_task_instances()}
+    return dr, {
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): ti.state
+        for ti in dr.get_task_instances()
+    }
 
 
 def frame_keys(s3, cfg):
-    return sorted(o.key for o in list_objects(s3, cfg.storage.out_bucket, cfg.storage.output_prefix) if o.key.endswith(".png"))
+    return sorted(
+        o.key
+        for o in list_objects(s3, cfg.storage.out_bucket, cfg.storage.output_prefix)
+        if o.key.endswith(".png")
+    )
 
 
 def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated, tmp_path):
@@ -64,7 +71,10 @@ def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated,
     vid = docs["good.mp4"]["_id"]
     good_frames = [k for k in keys if k.startswith(layout.frames_prefix(isolated, vid) + "/")]
     assert [k.rsplit("/", 1)[1] for k in good_frames] == [f"good-{i:03d}-mp4.png" for i in (0, 25, 50, 75)]
-    assert docs["good.mp4"]["manifest_uri"] == f"s3://{isolated.storage.out_bucket}/{layout.manifest_key(isolated, vid)}"
+    assert (
+        docs["good.mp4"]["manifest_uri"]
+        == f"s3://{isolated.storage.out_bucket}/{layout.manifest_key(isolated, vid)}"
+    )
 
     # a second run over the same uploads: no new records, no new frames, nothing re-extracted
     dr2, states2 = run(ingest_dag)

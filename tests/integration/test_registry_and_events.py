@@ -39,7 +39,9 @@ def test_claim_is_exclusive_but_retry_safe(db):
     # the same run retrying its task gets it back
     assert registry.claim(db, ref.video_id, "run-A", to="extracting", from_statuses=["discovered"])
     # a claim from a crashed worker goes stale
-    db.videos.update_one({"_id": ref.video_id}, {"$set": {"updated_at": registry.now() - registry.STALE_CLAIM * 2}})
+    db.videos.update_one(
+        {"_id": ref.video_id}, {"$set": {"updated_at": registry.now() - registry.STALE_CLAIM * 2}}
+    )
     assert registry.claim(db, ref.video_id, "run-B", to="extracting", from_statuses=["discovered"])
     registry.mark(db, ref.video_id, "extracted", "run-B")
     assert registry.claim(db, ref.video_id, "run-C", to="extracting", from_statuses=["discovered"]) is None
@@ -69,7 +71,8 @@ def drain(sqs, queue_url):
             return messages
         messages.extend(batch)
         sqs.delete_message_batch(
-            QueueUrl=queue_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
         )
 
 
@@ -81,7 +84,9 @@ def test_s3_notifications_reach_sqs_and_register_once(s3, sqs, stack, db, isolat
     # a multipart upload, which moto reports with its own event
     mp_key = f"videos/{isolated.mongo.database}/big.mp4"
     upload = s3.create_multipart_upload(Bucket=stack.bucket, Key=mp_key)
-    part = s3.upload_part(Bucket=stack.bucket, Key=mp_key, UploadId=upload["UploadId"], PartNumber=1, Body=b"y" * 100)
+    part = s3.upload_part(
+        Bucket=stack.bucket, Key=mp_key, UploadId=upload["UploadId"], PartNumber=1, Body=b"y" * 100
+    )
     s3.complete_multipart_upload(
         Bucket=stack.bucket,
         Key=mp_key,
@@ -97,12 +102,19 @@ def test_s3_notifications_reach_sqs_and_register_once(s3, sqs, stack, db, isolat
     assert sorted(r.key for r in refs) == sorted([key, mp_key])
     # the same events again (a duplicate delivery, a retry) create nothing new
     again = register_uploads(s3, db, isolated, run_id="run-2", event_payloads=[payload])
-    assert db.videos.count_documents({}) == 2 and sorted(r.video_id for r in again) == sorted(r.video_id for r in refs)
-    assert {d["etag"] for d in db.videos.find()} == {head(s3, stack.bucket, key).etag, head(s3, stack.bucket, mp_key).etag}
+    assert db.videos.count_documents({}) == 2 and sorted(r.video_id for r in again) == sorted(
+        r.video_id for r in refs
+    )
+    assert {d["etag"] for d in db.videos.find()} == {
+        head(s3, stack.bucket, key).etag,
+        head(s3, stack.bucket, mp_key).etag,
+    }
 
 
 def test_register_uploads_caps_the_batch_and_drains_the_backlog(s3, db, isolated):
-    cfg = isolated.model_copy(update={"discovery": isolated.discovery.model_copy(update={"max_videos_per_run": 2})})
+    cfg = isolated.model_copy(
+        update={"discovery": isolated.discovery.model_copy(update={"max_videos_per_run": 2})}
+    )
     for i in range(5):
         put_bytes(s3, cfg.storage.bucket, f"{cfg.storage.videos_prefix}v{i}.mp4", b"%d" % i)
     first = register_uploads(s3, db, cfg, run_id="r1")

@@ -16,7 +16,12 @@ pytestmark = pytest.mark.slow
 
 def cli(*args, env, check=True):
     return subprocess.run(
-        [sys.executable, "-m", "framesift.cli", *args], env=env, capture_output=True, text=True, check=check, timeout=120
+        [sys.executable, "-m", "framesift.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
     )
 
 
@@ -32,7 +37,8 @@ def test_stack_up_env_cli_down(tmp_path):
         assert cli("stack", "up", env=env).stdout == up.stdout  # a second `up` finds the running stack
 
         exports = dict(
-            line.removeprefix("export ").split("=", 1) for line in cli("stack", "env", env=env).stdout.splitlines()
+            line.removeprefix("export ").split("=", 1)
+            for line in cli("stack", "env", env=env).stdout.splitlines()
         )
         conn = json.loads(exports["AIRFLOW_CONN_AWS_DEFAULT"].strip("'"))
         assert conn["extra"]["endpoint_url"] == state["s3_endpoint"].strip("'")
@@ -41,7 +47,9 @@ def test_stack_up_env_cli_down(tmp_path):
         # the CLI finds the running stack by itself: upload, discover, extract, list
         from framesift.storage import make_client, upload
 
-        s3 = make_client(endpoint_url=state["s3_endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3 = make_client(
+            endpoint_url=state["s3_endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing"
+        )
         upload(s3, make_video(tmp_path / "a.mp4", seconds=2, fps=10), "framesift", "videos/a.mp4")
         assert "s3://framesift/videos/a.mp4" in cli("discover", env=env).stdout
         out = cli("extract", "s3://framesift/videos/a.mp4", env=env).stdout

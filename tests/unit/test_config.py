@@ -75,7 +75,9 @@ def test_unknown_key_names_file_and_key_and_suggests(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     msg = str(err.value)
-    assert str(path) in msg and "extraction.sampeling: unknown key" in msg and "did you mean 'sampling'" in msg
+    assert (
+        str(path) in msg and "extraction.sampeling: unknown key" in msg and "did you mean 'sampling'" in msg
+    )
 
 
 def test_unknown_top_level_key(tmp_path):
@@ -90,7 +92,9 @@ def test_wrong_type_names_key_and_value(tmp_path):
 
 
 def test_wrong_type_on_book_key_names_the_book_key():
-    with pytest.raises(ConfigError, match=r"inference_confidence_threshold \(= inference.confidence_threshold\)"):
+    with pytest.raises(
+        ConfigError, match=r"inference_confidence_threshold \(= inference.confidence_threshold\)"
+    ):
         parse_config({"inference_confidence_threshold": 3})
 
 

@@ -6,7 +6,10 @@ from framesift.storage import S3Object, parse_s3_uri
 
 
 def record(key, etag="abc", event="ObjectCreated:Put", bucket="b", size=10):
-    return {"eventName": event, "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag, "size": size}}}
+    return {
+        "eventName": event,
+        "s3": {"bucket": {"name": bucket}, "object": {"key": key, "eTag": etag, "size": size}},
+    }
 
 
 def test_s3_event_keys_are_url_decoded():
@@ -32,7 +35,11 @@ def test_payloads_from_both_watchers_fold_and_dedupe():
         "message_batch": [
             {"Body": json.dumps({"Records": [record("v/a.mp4", event="ObjectCreated:Put")]})},
             # a multipart upload can produce a second event for the same object
-            {"Body": json.dumps({"Records": [record("v/a.mp4", event="ObjectCreated:CompleteMultipartUpload")]})},
+            {
+                "Body": json.dumps(
+                    {"Records": [record("v/a.mp4", event="ObjectCreated:CompleteMultipartUpload")]}
+                )
+            },
             {"Body": json.dumps({"Event": "s3:TestEvent"})},
         ]
     }
