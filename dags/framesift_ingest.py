@@ -62,5 +62,10 @@ with DAG(
         map_index_template="{{ task.video['key'] }}",
         execution_timeout=timedelta(hours=2),
     ).expand(video=register.output)
-    summary = IngestSummaryOperator(task_id="summary", videos=register.output, trigger_rule="all_done")
+    summary = IngestSummaryOperator(
+        task_id="summary",
+        videos=register.output,
+        run_params={"prefix": "{{ params.prefix }}"},
+        trigger_rule="all_done",
+    )
     extract >> summary

@@ -121,6 +121,23 @@ def cmd_videos(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from framesift.registry import count_by_status
+    from framesift.runs import format_run, recent_runs
+
+    cfg = load_config(args.config)
+    _, db = connect(cfg)
+    docs = recent_runs(db, args.limit)
+    if not docs:
+        print("no runs recorded yet")
+    for doc in docs:
+        print(format_run(doc))
+    counts = count_by_status(db)
+    if counts:
+        print("registry: " + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from framesift.demo import run_demo
 
@@ -152,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("videos", help="the videos registry: counts and latest records")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_videos)
+
+    p = sub.add_parser("status", help="the last pipeline runs: counts, problems, ClearML links")
+    p.add_argument("--limit", type=int, default=10)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("demo", help="run framesift_ingest on the embedded stack with sample videos")
     p.add_argument("--keep", action="store_true", help="keep the stack running afterwards until Ctrl-C")

@@ -27,9 +27,10 @@ log = logging.getLogger("framesift.stack")
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's default account
 QUEUE_NAME = "framesift-uploads"
-# moto accepts any credentials; these are its documented test values, not secrets
-TEST_KEY_ID = "testing"
-TEST_SECRET = "testing"
+# moto accepts any credentials; these are local stand-ins, not secrets (distinctive, so
+# tests can check they never leak into logs, XCom or ClearML)
+TEST_KEY_ID = "framesift-local-key"
+TEST_SECRET = "framesift-local-secret-0xf5"
 
 
 def project_root() -> Path:
@@ -85,9 +86,14 @@ class StackInfo:
         }
 
 
-# close() returns at once instead of waiting ~10 s for a reporting subprocess
+# report_use_subprocess: close() returns at once instead of waiting ~10 s for a reporter;
+# no code diff: a run records the pipeline config, not the working tree of the worker
 CLEARML_CONF = """sdk {
-  development { report_use_subprocess: false }
+  development {
+    report_use_subprocess: false
+    store_uncommitted_code_diff: false
+    store_code_diff_from_remote: false
+  }
 }
 """
 

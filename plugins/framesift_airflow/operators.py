@@ -8,6 +8,8 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+from framesift_airflow.links import ClearMLRunLink
+
 
 def _run_id(context) -> str:
     return context["run_id"]
@@ -103,28 +105,57 @@ class ExtractFramesOperator(BaseOperator):
 
 
 class IngestSummaryOperator(BaseOperator):
-    """One summary of the run, read from the registry; fails the run if a video failed."""
+    """The run's outcome: a summary read back from the registry, a ClearML task, a ``runs``
+    record for ``framesift status``. Fails the run if a video failed (not if one was
+    quarantined: that is a data problem with its own record)."""
 
-    template_fields: Sequence[str] = ("videos",)
+    template_fields: Sequence[str] = ("videos", "run_params")
+    operator_extra_links = (ClearMLRunLink(),)
     ui_color = "#eefde8"
 
-    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        videos: Any,
+        run_params: dict[str, Any] | None = None,
+        config_path: str | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.videos = videos
+        self.run_params = run_params or {}
         self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
+        from framesift import runs
         from framesift.ingest import summarize
+        from framesift.tracking import record_run
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
-        videos = self.videos or []
-        summary = summarize(hook.db, [v["video_id"] for v in videos])
+        dag_id, run_id = context["dag"].dag_id, _run_id(context)
+        ids = [v["video_id"] for v in self.videos or []]
+        summary = summarize(hook.db, ids)
+        docs = list(hook.db["videos"].find({"_id": {"$in": ids}}))
+        spec = runs.ingest_run_spec(
+            hook.config, dag_id=dag_id, run_id=run_id, params=self.run_params, video_docs=docs
+        )
+        try:
+            tracked = record_run(spec)
+        except Exception as exc:  # tracking must not lose the run's outcome
+            self.log.warning(
+                "could not record the ClearML run (%s); the outcome is still saved in Mongo `runs`", exc
+            )
+            tracked = None
+        runs.save_run(hook.db, dag_id=dag_id, run_id=run_id, summary=summary, tracked=tracked)
+        ClearMLRunLink.persist(context, tracked.url if tracked else None)
+
         self.log.info(
-            "ingest summary: %d video(s) %s, %d frames written",
+            "ingest summary: %d video(s) %s, %d frames written; ClearML: %s",
             summary["videos"],
             summary["by_status"],
             summary["frames_written"],
+            tracked.url if tracked else "not recorded",
         )
         for item in summary["extracted"]:
             self.log.info(
@@ -138,4 +169,4 @@ class IngestSummaryOperator(BaseOperator):
                 f"{len(summary['failed'])} video(s) failed: {keys}. They are retried by the next run "
                 f"(up to 3 attempts); check the extract_frames logs for the error."
             )
-        return summary
+        return {**summary, "clearml": tracked.__dict__ if tracked else None}

@@ -76,6 +76,9 @@ def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated,
         == f"s3://{isolated.storage.out_bucket}/{layout.manifest_key(isolated, vid)}"
     )
 
+    check_run_record_and_clearml(ingest_dag, dr, db, isolated)
+    check_status_command(dr, isolated)
+
     # a second run over the same uploads: no new records, no new frames, nothing re-extracted
     dr2, states2 = run(ingest_dag)
     assert dr2.state == "success", states2
@@ -99,3 +102,62 @@ def test_manual_run_lists_the_given_prefix(ingest_dag, s3, db, isolated, tmp_pat
     dr, states = run(ingest_dag, prefix=isolated.storage.videos_prefix + "here/")
     assert dr.state == "success", states
     assert [d["key"] for d in db.videos.find()] == [isolated.storage.videos_prefix + "here/c.mp4"]
+
+
+def check_run_record_and_clearml(dag, dr, db, cfg):
+    """The run's `runs` record, its offline ClearML session, and the UI link to it."""
+    import json
+    import zipfile
+
+    from framesift_airflow.links import ClearMLRunLink
+
+    doc = db.runs.find_one({"_id": f"framesift_ingest/{dr.run_id}"})
+    assert doc and doc["summary"]["videos"] == 4
+    with zipfile.ZipFile(doc["clearml"]["offline_zip"]) as z:
+        task = json.loads(z.read("task.json"))
+        metrics = [json.loads(line) for line in z.read("metrics.jsonl").splitlines() if line.strip()]
+        names = z.namelist()
+    events = [e for batch in metrics for e in (batch if isinstance(batch, list) else [batch])]
+    scalars = {
+        (e["metric"], e["variant"]): e["value"] for e in events if e["type"] == "training_stats_scalar"
+    }
+    assert (
+        task["name"] == f"framesift_ingest-{dr.run_id}" and task["project_name"] == cfg.tracking.project_name
+    )
+    assert task["type"] == "inference"
+    assert scalars[("videos", "in")] == 4
+    assert scalars[("frames", "written")] == doc["summary"]["frames_written"] > 0
+    assert scalars[("duration_s", "extract")] > 0
+    assert "pipeline" in task["configuration"]
+    from framesift.stack import TEST_SECRET
+
+    with zipfile.ZipFile(doc["clearml"]["offline_zip"]) as z:  # no credential anywhere in the session
+        assert not [n for n in z.namelist() if TEST_SECRET.encode() in z.read(n)]
+    assert any(n.endswith("artifacts/videos/videos.json") for n in names)
+
+    # the UI resolves extra links like this: the serialized operator reads what the task
+    # runner stored for the link after the task ran
+    from airflow.models.serialized_dag import SerializedDagModel
+
+    serialized = SerializedDagModel.get_dag(dag.dag_id).get_task("summary")
+    assert ClearMLRunLink.name in serialized.extra_links
+    url = serialized.get_extra_links(dr.get_task_instance("summary"), ClearMLRunLink.name)
+    assert url == doc["clearml"]["url"] == "file://" + doc["clearml"]["offline_zip"]
+
+
+def check_status_command(dr, cfg):
+    """`framesift status` shows the run, its counts, the quarantined file and the ClearML link."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "framesift.cli", "status"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert dr.run_id in out and "videos 4 (" in out and "quarantined 1" in out.replace(":", "")
+    assert "! " + cfg.storage.videos_prefix + "not-a-video.mp4: not a video" in out
+    assert "ClearML: file://" in out

@@ -1,0 +1,122 @@
+"""Pipeline runs as people see them: a ``runs`` record in Mongo and a ClearML task.
+
+Built from what the registry (and later stages) recorded, never from task-local state,
+so re-running the summary of a run gives the same record (upserted by run id).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING
+from pymongo.database import Database
+
+from framesift import registry
+from framesift.config import PipelineConfig
+from framesift.tracking import RunSpec, TrackedRun
+
+RUNS = "runs"
+
+
+def stage_seconds(doc: dict[str, Any], start: str, end: str) -> float | None:
+    """Seconds between the last ``start`` and the following ``end`` status in a video's history."""
+    started = None
+    for entry in doc.get("history", []):
+        if entry["status"] == start:
+            started = entry["at"]
+        elif entry["status"] == end and started is not None:
+            return (entry["at"] - started).total_seconds()
+    return None
+
+
+def ingest_run_spec(
+    cfg: PipelineConfig, *, dag_id: str, run_id: str, params: dict[str, Any], video_docs: list[dict[str, Any]]
+) -> RunSpec:
+    """What the ClearML task of an ingest run holds."""
+    spec = RunSpec(
+        project=cfg.tracking.project_name,
+        task_name=f"{dag_id}-{run_id}",
+        task_type="inference",
+        tags=["framesift", dag_id],
+        offline=cfg.tracking.offline,
+        config=cfg.model_dump(mode="json"),
+        params={k: v for k, v in params.items() if v is not None},
+    )
+    by_status: dict[str, int] = {}
+    totals = {"frames_read": 0, "frames_written": 0, "frames_duplicate": 0, "frames_corrupt": 0}
+    extract_s = 0.0
+    for doc in video_docs:
+        by_status[doc["status"]] = by_status.get(doc["status"], 0) + 1
+        for key in totals:
+            totals[key] += (doc.get("frames") or {}).get(key) or 0
+        extract_s += stage_seconds(doc, registry.EXTRACTING, registry.EXTRACTED) or 0.0
+    spec.scalar("videos", "in", len(video_docs))
+    for status, n in sorted(by_status.items()):
+        spec.scalar("videos", status, n)
+    for key, value in totals.items():
+        spec.scalar("frames", key.removeprefix("frames_"), value)
+    spec.scalar("duration_s", "extract", extract_s)
+    if extract_s > 0:
+        spec.scalar("throughput", "extract frames read/s", totals["frames_read"] / extract_s)
+    spec.artifacts.append(
+        {
+            "name": "videos",
+            "object": {  # a dict, so ClearML stores it as JSON (a list would be pickled)
+                "videos": [
+                    {
+                        k: doc.get(k)
+                        for k in (
+                            "key",
+                            "etag",
+                            "status",
+                            "reason",
+                            "manifest_uri",
+                            "frames_prefix",
+                            "frames",
+                            "video",
+                        )
+                    }
+                    for doc in video_docs
+                ]
+            },
+        }
+    )
+    return spec
+
+
+def save_run(
+    db: Database, *, dag_id: str, run_id: str, summary: dict[str, Any], tracked: TrackedRun | None
+) -> None:
+    db[RUNS].create_index([("finished_at", DESCENDING)])
+    db[RUNS].update_one(
+        {"_id": f"{dag_id}/{run_id}"},
+        {
+            "$set": {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "finished_at": registry.now(),
+                "summary": summary,
+                "clearml": tracked.__dict__ if tracked else None,
+            }
+        },
+        upsert=True,
+    )
+
+
+def recent_runs(db: Database, limit: int = 10) -> list[dict[str, Any]]:
+    return list(db[RUNS].find().sort("finished_at", DESCENDING).limit(limit))
+
+
+def format_run(doc: dict[str, Any]) -> str:
+    s = doc.get("summary") or {}
+    when = (
+        doc["finished_at"].strftime("%Y-%m-%d %H:%M") if isinstance(doc.get("finished_at"), datetime) else "?"
+    )
+    status = ", ".join(f"{k} {v}" for k, v in sorted((s.get("by_status") or {}).items())) or "no videos"
+    line = f"{when}  {doc['dag_id']}  {doc['run_id']}\n    videos {s.get('videos', 0)} ({status}), frames {s.get('frames_written', 0)}"
+    if doc.get("clearml"):
+        line += f"\n    ClearML: {doc['clearml'].get('url')}"
+    for item in s.get("quarantined", []) + s.get("failed", []):
+        line += f"\n    ! {item['key']}: {item['reason']}"
+    return line
