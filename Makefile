@@ -32,7 +32,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.installed
 AIRFLOW_DB := $(AIRFLOW_HOME)/airflow.db
 
-.PHONY: help venv airflow-db test test-quick demo up down env lint bench clean
+.PHONY: help venv airflow-db labelstudio test test-quick demo up down env lint bench clean
 
 help:
 	@echo "make demo        run framesift_ingest on the embedded local stack"
@@ -58,9 +58,15 @@ venv: $(STAMP)
 $(AIRFLOW_DB): $(STAMP)
 	@mkdir -p $(AIRFLOW_HOME) $(TMPDIR)
 	$(VENV)/bin/airflow db migrate > $(ROOT)/var/airflow-migrate.log 2>&1 || (tail -40 $(ROOT)/var/airflow-migrate.log; exit 1)
+	$(VENV)/bin/airflow pools set gpu 1 "GPU inference slots (raise it per GPU worker)" >> $(ROOT)/var/airflow-migrate.log 2>&1
 	@touch $@
 
 airflow-db: $(AIRFLOW_DB)
+
+# Label Studio is a separate service with its own virtualenv (var/labelstudio/venv), as
+# in production where it runs in its own container; built once, reused afterwards.
+labelstudio: $(STAMP)
+	$(PY) -m framesift.labelstudio_service --prepare
 
 test: $(AIRFLOW_DB)
 	$(PY) -m pytest -q

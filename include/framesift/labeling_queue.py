@@ -1,0 +1,299 @@
+"""The Mongo ``labeling_queue`` collection: one document per pushed image sequence.
+
+Fields: the book's ``Name dataset``, ``Labeler``, ``Reviewer``, ``Labeling status`` and
+``Reviewing status`` (In queue / In progress / Done) and ``date`` (when it was queued),
+plus ``backend``, ``backend_ids`` (one per chunk: Label Studio task ids, Encord data
+hashes), ``project_id``, ``project_url``, ``url``, ``video_key``, ``video_id``, ``frames``,
+``n_frames``, ``selection_id``, ``idempotency_key`` (also the ``_id``), ``pushed_at``,
+``state`` (``pending`` -> ``pushed``), ``attempts``, ``recovered``, ``status_history``.
+
+Exactly once (an outbox): :func:`push_exactly_once` writes the record, state ``pending``,
+BEFORE calling the platform (the key is unique, so two pushes of the same selection,
+video and backend share one record), claims it, pushes, then records the platform ids
+(state ``pushed``). A retry after a crash between the push and the record finds the
+sequence on the platform by its key (``backend.find_sequence``) and completes the record
+instead of pushing again; if the crash came mid-push (some chunks created), the backend's
+push resumes and creates only the missing chunks. A claim (``claimed_by`` /
+``claimed_until``) keeps two live workers from pushing the same key at once; a retry by
+the same owner (e.g. the same Airflow task instance, which the glue passes as ``owner``)
+takes its own claim over at once, anyone else waits for the lease to run out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from framesift.labeling.base import (
+    DONE,
+    IN_QUEUE,
+    LabelingBackend,
+    LabelingError,
+    PushedSequence,
+    SequenceNotFound,
+    SequenceRequest,
+)
+
+log = logging.getLogger("framesift.labeling_queue")
+
+COLLECTION = "labeling_queue"
+PENDING, PUSHED = "pending", "pushed"
+DEFAULT_LEASE = timedelta(minutes=15)
+
+# the book's field names
+NAME_DATASET = "Name dataset"
+LABELER = "Labeler"
+REVIEWER = "Reviewer"
+LABELING_STATUS = "Labeling status"
+REVIEWING_STATUS = "Reviewing status"
+DATE = "date"
+
+
+class PushInProgress(LabelingError):
+    """Another worker holds a live claim on this push; try again after ``retry_after`` s."""
+
+    retryable = True
+
+    def __init__(self, key: str, owner: str, until: datetime):
+        self.key, self.owner, self.until = key, owner, until
+        self.retry_after = max(0.0, (until - _now()).total_seconds())
+        super().__init__(f"push {key} is claimed by {owner} until {until.isoformat()}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def collection(db: Database):
+    return db[COLLECTION]
+
+
+def ensure_indexes(db: Database) -> None:
+    """Indexes for what is queried: the key (unique), open records by backend, per video/selection."""
+    coll = collection(db)
+    coll.create_index([("idempotency_key", ASCENDING)], unique=True, name="idempotency_key_unique")
+    coll.create_index([("state", ASCENDING), ("backend", ASCENDING)], name="state_backend")
+    coll.create_index(
+        [("backend", ASCENDING), (LABELING_STATUS, ASCENDING), (REVIEWING_STATUS, ASCENDING)],
+        name="backend_statuses",
+    )
+    coll.create_index([("video_id", ASCENDING)], name="video_id")
+    coll.create_index([("selection_id", ASCENDING)], name="selection_id")
+
+
+def new_record(
+    backend_name: str, request: SequenceRequest, *, labeler: str | None, reviewer: str | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "_id": request.idempotency_key,
+        "idempotency_key": request.idempotency_key,
+        "state": PENDING,
+        NAME_DATASET: request.title,
+        LABELER: labeler,
+        REVIEWER: reviewer,
+        LABELING_STATUS: IN_QUEUE,
+        REVIEWING_STATUS: IN_QUEUE,
+        DATE: now,
+        "backend": backend_name,
+        "backend_ids": [],
+        "project_id": None,
+        "project_url": None,
+        "url": None,
+        "video_key": request.video_key,
+        "video_id": request.video_id,
+        "selection_id": request.selection_id,
+        "frames": list(request.frame_names),
+        "n_frames": len(request.frame_names),
+        "frames_prefix": f"s3://{request.bucket}/{request.frames_prefix}",
+        "model_version": request.model_version,
+        "created_at": now,
+        "updated_at": now,
+        "pushed_at": None,
+        "attempts": 0,
+        "recovered": False,
+        "claimed_by": None,
+        "claimed_until": None,
+        "last_error": None,
+        "status_history": [],
+    }
+
+
+def push_exactly_once(
+    db: Database,
+    backend: LabelingBackend,
+    request: SequenceRequest,
+    *,
+    labeler: str | None = None,
+    reviewer: str | None = None,
+    owner: str | None = None,
+    lease: timedelta = DEFAULT_LEASE,
+    after_push: Callable[[PushedSequence], None] | None = None,
+) -> dict[str, Any]:
+    """Push one sequence at most once per idempotency key; return its queue record.
+
+    ``after_push`` runs between the platform call and the record update (tests use it
+    to simulate a crash there). Raises the backend's errors (the record stays
+    ``pending`` with ``last_error``, so the next try resumes) and PushInProgress.
+    """
+    coll = collection(db)
+    ensure_indexes(db)
+    owner = owner or default_owner()
+    key = request.idempotency_key
+    now = _now()
+    existed = False
+    try:
+        coll.insert_one(new_record(backend.name, request, labeler=labeler, reviewer=reviewer, now=now))
+    except DuplicateKeyError:
+        existed = True
+    record = coll.find_one({"_id": key})
+    if record is None:  # pragma: no cover - deleted between the two calls
+        raise LabelingError(f"queue record {key} vanished")
+    if record.get("state") == PUSHED:
+        log.info("sequence %s already pushed (%s); nothing to do", request.title, record.get("url"))
+        return record
+
+    # claim it: free, expired, or already ours (a retry of the same task)
+    until = now + lease
+    claimed = coll.find_one_and_update(
+        {
+            "_id": key,
+            "state": PENDING,
+            "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}, {"claimed_by": owner}],
+        },
+        {"$set": {"claimed_by": owner, "claimed_until": until, "updated_at": now}, "$inc": {"attempts": 1}},
+        return_document=ReturnDocument.AFTER,
+    )
+    if claimed is None:
+        current = coll.find_one({"_id": key}) or {}
+        if current.get("state") == PUSHED:
+            return current
+        raise PushInProgress(
+            key, str(current.get("claimed_by")), _aware(current.get("claimed_until")) or until
+        )
+
+    pushed: PushedSequence | None = None
+    try:
+        if existed:
+            # an earlier try may have pushed and died before recording: look on the platform first
+            pushed = backend.find_sequence(key)
+            if pushed is not None:
+                log.info("recovered sequence %s from the platform (%s); not pushing again", key, pushed.url)
+        recovered = pushed is not None
+        if pushed is None:
+            pushed = backend.push_sequence(request)
+        if after_push is not None:
+            after_push(pushed)
+    except Exception as exc:
+        coll.update_one(
+            {"_id": key, "claimed_by": owner},
+            {
+                "$set": {
+                    "last_error": f"{type(exc).__name__}: {exc}",
+                    "claimed_by": None,
+                    "claimed_until": None,
+                    "updated_at": _now(),
+                }
+            },
+        )
+        raise
+
+    done_at = _now()
+    final = coll.find_one_and_update(
+        {"_id": key},
+        {
+            "$set": {
+                "state": PUSHED,
+                "backend_ids": list(pushed.ids),
+                "project_id": pushed.project_id,
+                "project_url": pushed.project_url,
+                "url": pushed.url,
+                "n_chunks": len(pushed.ids),
+                "pushed_at": done_at,
+                DATE: done_at,
+                "recovered": recovered,
+                "claimed_by": None,
+                "claimed_until": None,
+                "last_error": None,
+                "updated_at": done_at,
+            }
+        },
+        return_document=ReturnDocument.AFTER,
+    )
+    log.info(
+        "queued %s: %d frames in %d part(s) on %s (%s)",
+        request.title,
+        pushed.n_frames,
+        len(pushed.ids),
+        backend.name,
+        pushed.url,
+    )
+    return final
+
+
+def sync_status(db: Database, backend: LabelingBackend, *, limit: int | None = None) -> dict[str, int]:
+    """Update Labeling/Reviewing status of this backend's open records from the platform.
+
+    A backend whose ``tracks_review`` is False (Label Studio Community has no review
+    step) is polled until labeling is Done. Returns counts: checked, changed, done
+    (labeling Done, and reviewing too where tracked), missing (the platform no
+    longer has the sequence; the record gets ``sync_error``). Platform errors other than a
+    missing sequence (unavailable, bad credentials) are raised: the whole sync retries.
+    """
+    coll = collection(db)
+    ensure_indexes(db)
+    query: dict[str, Any] = {"state": PUSHED, "backend": backend.name}
+    if getattr(backend, "tracks_review", True):
+        query["$or"] = [{LABELING_STATUS: {"$ne": DONE}}, {REVIEWING_STATUS: {"$ne": DONE}}]
+    else:  # no review step on this platform (Label Studio Community): done when labeled
+        query[LABELING_STATUS] = {"$ne": DONE}
+    cursor = coll.find(query, {"backend_ids": 1, LABELING_STATUS: 1, REVIEWING_STATUS: 1})
+    if limit:
+        cursor = cursor.limit(limit)
+    counts = {"checked": 0, "changed": 0, "done": 0, "missing": 0}
+    for record in list(cursor):
+        counts["checked"] += 1
+        now = _now()
+        try:
+            status = backend.sequence_status(record["backend_ids"])
+        except SequenceNotFound as exc:
+            counts["missing"] += 1
+            coll.update_one(
+                {"_id": record["_id"]}, {"$set": {"sync_error": str(exc), "status_synced_at": now}}
+            )
+            continue
+        update: dict[str, Any] = {"status_synced_at": now, "sync_error": None}
+        change = {}
+        if status.labeling != record.get(LABELING_STATUS):
+            change[LABELING_STATUS] = status.labeling
+        if status.reviewing != record.get(REVIEWING_STATUS):
+            change[REVIEWING_STATUS] = status.reviewing
+        ops: dict[str, Any] = {"$set": {**update, **change}}
+        if change:
+            counts["changed"] += 1
+            ops["$set"]["updated_at"] = now
+            ops["$push"] = {"status_history": {"at": now, **change}}
+        coll.update_one({"_id": record["_id"]}, ops)
+        if status.labeling == DONE and (
+            status.reviewing == DONE or not getattr(backend, "tracks_review", True)
+        ):
+            counts["done"] += 1
+    return counts
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """Mongo hands datetimes back naive (UTC); make them comparable with aware ones."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
