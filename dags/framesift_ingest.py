@@ -1,42 +1,71 @@
-"""framesift_ingest: new uploads -> registry -> frames in S3 (one mapped task per video)."""
+"""framesift_ingest: uploads -> frames -> detections -> one selection -> labeling platform."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from framesift.config import load_config
+from framesift.presets import PRESETS
 from framesift_airflow.assets import uploads_asset
-from framesift_airflow.operators import ExtractFramesOperator, IngestSummaryOperator, RegisterUploadsOperator
+from framesift_airflow.operators import (
+    ExtractFramesOperator,
+    InferOperator,
+    IngestSummaryOperator,
+    PushSequenceOperator,
+    RegisterUploadsOperator,
+    SelectFramesOperator,
+)
 
 cfg = load_config()
 
 DOC = """
 ### framesift_ingest
 
-Turns new video uploads into frames in S3.
+Turns new video uploads into the few frames worth labeling, on the labeling platform.
 
 * **Triggers**: the `framesift_uploads` asset, whose watcher lists the videos prefix
   (`discovery.mode: list`) or reads S3 event notifications from SQS (`discovery.mode: sqs`);
-  or a manual run, which lists `prefix` (default: `storage.videos_prefix`).
+  every 15 minutes, to drain what earlier runs left (batches over
+  `discovery.max_videos_per_run`, interrupted videos); or a manual run from the trigger
+  form (prefix, budget, strategy preset, dry run).
 * **register_uploads**: upserts each upload into the Mongo `videos` registry (keyed by
   bucket/key/etag: duplicates and re-runs never create a second record).
 * **extract_frames** (one per video, named by its key): samples frames with PyAV and writes
   them, plus a manifest, under `<output_prefix>/videos/<video_id>/`.
-* **summary**: counts read back from the registry.
+* **infer** (one per video, pool and Celery queue `gpu`): the detector over the frames, in
+  batches; Lightly-format predictions under `frames/.lightly/predictions/` and an
+  embedding per frame (`embeddings/<model>.npz`), from one forward pass.
+* **select_frames** (one for the batch): the selection engine over every inferred frame
+  (diversity x uncertainty x class balance by default, datapool-aware); the `selections`
+  record and an HTML report (link: *Selection report*). `dry_run` stops here.
+* **push_to_labeling** (one per video with selected frames): an image sequence with the
+  model's boxes as pre-annotations on the labeling platform (link: *Labeling project*),
+  recorded once in Mongo `labeling_queue`.
+* **summary**: counts read back from the registry, a ClearML task (link: *ClearML run*),
+  a `runs` record.
 
 **When it fails**: a *skipped* extract_frames means the video was quarantined (bad input;
 the reason is in its log and on its `videos` record): fix and re-upload it. A *failed* one
 is an infrastructure error (S3, Mongo): it retries with backoff, and the next run picks
-the video up again (up to 3 attempts). `framesift videos` lists the registry.
+the video up again (up to 3 attempts per stage). A failed *infer* that says the model
+could not be loaded names the URI (`inference.model_uri`): fix the path or the
+checkpoint. A failed *push_to_labeling* names the cause: bad credentials (fix the
+`framesift_labeling` connection), a missing frame (its S3 key), or the platform being
+down (it retries with backoff; the push is never duplicated). `framesift videos` lists
+the registry, `framesift status` the last runs.
 """
 
 with DAG(
     dag_id="framesift_ingest",
-    description="New uploads -> registry -> frames in S3",
+    description="New uploads -> frames -> detections -> selected frames -> labeling platform",
     doc_md=DOC,
-    schedule=[uploads_asset(cfg)],
+    # new uploads trigger a run at once; the cron picks up what a run left for later
+    # (batches over discovery.max_videos_per_run, videos whose pipeline stopped half way)
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC"), assets=[uploads_asset(cfg)]
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=4,
@@ -52,7 +81,34 @@ with DAG(
         "prefix": Param(
             None,
             type=["null", "string"],
-            description="S3 prefix to list for a manual run (default: storage.videos_prefix)",
+            title="S3 prefix",
+            description="Prefix to list for a manual run (default: storage.videos_prefix).",
+        ),
+        "n_samples": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Budget: frames",
+            description="Frames to select over the whole batch (wins over the proportion).",
+        ),
+        "proportion_samples": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=1,
+            title="Budget: proportion",
+            description="Fraction of the input frames to select (default: selection.* in the config).",
+        ),
+        "preset": Param(
+            "config",
+            type="string",
+            enum=list(PRESETS),
+            title="Selection strategy",
+            description="config: the YAML's strategies; diverse; uncertain (diverse x uncertain); "
+            "balanced (diverse x uncertain x class balance).",
+        ),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run", description="Stop after the selection, push nothing."
         ),
     },
 ) as dag:
@@ -62,10 +118,20 @@ with DAG(
         map_index_template="{{ task.video['key'] }}",
         execution_timeout=timedelta(hours=2),
     ).expand(video=register.output)
-    summary = IngestSummaryOperator(
-        task_id="summary",
-        videos=register.output,
-        run_params={"prefix": "{{ params.prefix }}"},
+    infer = InferOperator.partial(
+        task_id="infer",
+        map_index_template="{{ task.video['key'] }}",
+        pool="gpu",
+        queue="gpu",
+        execution_timeout=timedelta(hours=4),
+        # runs for every video whose extraction succeeded, whatever happened to the others
         trigger_rule="all_done",
-    )
-    extract >> summary
+    ).expand(video=extract.output)
+    select = SelectFramesOperator(task_id="select_frames", videos=infer.output, trigger_rule="all_done")
+    push = PushSequenceOperator.partial(
+        task_id="push_to_labeling",
+        map_index_template="{{ task.video['key'] }}",
+        execution_timeout=timedelta(hours=1),
+    ).expand(video=select.output)
+    summary = IngestSummaryOperator(task_id="summary", videos=register.output, trigger_rule="all_done")
+    push >> summary

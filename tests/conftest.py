@@ -82,6 +82,8 @@ def isolated(stack, tmp_path, monkeypatch):
         },
         "mongo": {"database": f"t_{tag}"},
         "extraction": {"dedupe": {"enabled": False}},
+        "inference": {"imgsz": 320, "batch_size": 8},
+        "selection": {"n_samples": 6},
     }
     path = tmp_path / "framesift.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -94,3 +96,24 @@ def isolated(stack, tmp_path, monkeypatch):
 @pytest.fixture
 def db(mongo, isolated):
     return mongo[isolated.mongo.database]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """A real Label Studio server (its own venv, built once under var/labelstudio), with the
+    Airflow connection `framesift_labeling` pointing at it."""
+    from framesift.labelstudio_service import LabelStudioService
+
+    svc = LabelStudioService(data_dir=tmp_path_factory.mktemp("labelstudio") / "data", from_template=True)
+    info = svc.start()
+    saved = {k: os.environ.get(k) for k in info.connection_env()}
+    os.environ.update(info.connection_env())
+    try:
+        yield info
+    finally:
+        svc.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -7,7 +7,7 @@ that every stage is idempotent and every outcome ends in a record.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pymongo.database import Database
@@ -15,12 +15,19 @@ from pymongo.database import Database
 from framesift import registry
 from framesift.config import PipelineConfig
 from framesift.discovery import find_new_videos, is_video_key, objects_from_trigger_payloads
-from framesift.registry import DISCOVERED, EXTRACTED, EXTRACTING, FAILED, QUARANTINED, VideoRef
-from framesift.storage import S3Object, head
+from framesift.registry import (
+    DISCOVERED,
+    EXTRACTED,
+    EXTRACTING,
+    FAILED,
+    INFERRED,
+    INFERRING,
+    QUARANTINED,
+    VideoRef,
+)
+from framesift.storage import S3Object, get_json, head, parse_s3_uri
 
 log = logging.getLogger("framesift.ingest")
-
-MAX_ATTEMPTS = 3  # a video that failed this often for infrastructure reasons waits for a person
 
 
 def register_uploads(
@@ -35,9 +42,9 @@ def register_uploads(
     """Register new uploads and return the videos this run should extract.
 
     With ``event_payloads`` (an asset-triggered run) the objects come from the events;
-    otherwise the prefix is listed. Videos registered earlier but never finished
-    (``discovered``, or ``failed`` fewer than MAX_ATTEMPTS times) are picked up too, so
-    a crashed run's work is not lost. At most ``discovery.max_videos_per_run`` are
+    otherwise the prefix is listed. Videos registered earlier whose pipeline stopped half
+    way (``registry.RESUMABLE``, or ``failed`` fewer than MAX_ATTEMPTS times) are picked
+    up too, so a crashed run's work is not lost; each stage then claims what it can. At most ``discovery.max_videos_per_run`` are
     returned; the rest wait for the next run.
     """
     registry.ensure_indexes(db)
@@ -64,8 +71,8 @@ def register_uploads(
         .find(
             {
                 "$or": [
-                    {"status": DISCOVERED},
-                    {"status": FAILED, "attempts": {"$lt": MAX_ATTEMPTS}},
+                    {"status": {"$in": list(registry.RESUMABLE)}},
+                    {"status": FAILED, "attempts": {"$lt": registry.MAX_ATTEMPTS}},
                 ]
             },
             {"bucket": 1, "key": 1, "etag": 1, "size": 1},
@@ -88,6 +95,48 @@ def _with_etag(s3, obj: S3Object) -> S3Object:
     return obj if obj.etag else head(s3, obj.bucket, obj.key)
 
 
+def _run_stage(
+    db: Database,
+    ref: VideoRef,
+    run_id: str,
+    *,
+    working: str,
+    from_statuses: list[str],
+    work: Callable[[], tuple[str, str | None, dict[str, Any]]],
+) -> tuple[dict[str, Any], bool]:
+    """Claim ``ref`` into ``working``, run ``work`` and record its (status, reason, fields).
+
+    Returns (the video's document, whether this call did the work). An exception marks
+    the video ``failed`` in this stage (so a retry may claim it again) and propagates.
+    """
+    doc = registry.claim(db, ref.video_id, run_id, to=working, from_statuses=from_statuses)
+    if doc is None:
+        current = registry.get(db, ref.video_id) or {}
+        log.info(
+            "%s s3://%s/%s: not claimable (now %s, run %s)",
+            working,
+            ref.bucket,
+            ref.key,
+            current.get("status"),
+            current.get("run_id"),
+        )
+        return current, False
+    try:
+        status, reason, fields = work()
+    except Exception as exc:
+        registry.mark(
+            db,
+            ref.video_id,
+            FAILED,
+            run_id,
+            reason=f"{working}: {type(exc).__name__}: {exc}",
+            failed_stage=working,
+        )
+        raise
+    registry.mark(db, ref.video_id, status, run_id, reason=reason, **fields)
+    return registry.get(db, ref.video_id) or {}, True
+
+
 def extract_one(
     s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, work_dir: str
 ) -> dict[str, Any]:
@@ -95,62 +144,95 @@ def extract_one(
 
     Bad input ends as ``quarantined`` with a reason (no exception). Infrastructure
     errors mark the video ``failed`` and re-raise, so the caller's retry policy runs.
+    A video extracted before (by an earlier or concurrent run) is reported as is.
     """
-    doc = registry.claim(db, ref.video_id, run_id, to=EXTRACTING, from_statuses=[DISCOVERED, FAILED])
-    if doc is None:
-        current = registry.get(db, ref.video_id) or {}
-        log.info(
-            "skip s3://%s/%s: already %s (run %s)",
-            ref.bucket,
-            ref.key,
-            current.get("status"),
-            current.get("run_id"),
-        )
-        return _outcome(ref, current, skipped=True)
-    db[registry.VIDEOS].update_one({"_id": ref.video_id}, {"$inc": {"attempts": 1}})
 
-    from framesift import video  # PyAV is only needed where frames are decoded
+    def work():
+        from framesift import video  # PyAV is only needed where frames are decoded
 
-    try:
         manifest = video.extract_to_s3(s3, ref.bucket, ref.key, ref.etag, cfg, work_dir=work_dir, log=log)
-    except Exception as exc:
-        registry.mark(db, ref.video_id, FAILED, run_id, reason=f"{type(exc).__name__}: {exc}")
-        raise
+        fields = {
+            "manifest_uri": manifest.get("manifest_uri"),
+            "frames_prefix": manifest.get("frames_prefix"),
+            "frames": {
+                k: manifest.get(k)
+                for k in (
+                    "frames_read",
+                    "frames_written",
+                    "frames_skipped",
+                    "frames_duplicate",
+                    "frames_corrupt",
+                )
+            },
+            "video": {
+                k: manifest.get(k) for k in ("width", "height", "fps", "duration_s", "codec", "rotation")
+            },
+        }
+        if manifest["status"] == QUARANTINED:
+            log.warning(
+                "quarantined s3://%s/%s: %s. Next step: fix or re-encode the file and upload it again "
+                "(a new version gets a new record).",
+                ref.bucket,
+                ref.key,
+                manifest.get("reason"),
+            )
+            return QUARANTINED, manifest.get("reason"), fields
+        return EXTRACTED, None, fields
 
-    fields = {
-        "manifest_uri": manifest.get("manifest_uri"),
-        "frames_prefix": manifest.get("frames_prefix"),
-        "frames": {
-            k: manifest.get(k)
-            for k in ("frames_read", "frames_written", "frames_skipped", "frames_duplicate", "frames_corrupt")
-        },
-        "video": {k: manifest.get(k) for k in ("width", "height", "fps", "duration_s", "codec", "rotation")},
-    }
-    if manifest["status"] == QUARANTINED:
-        registry.mark(db, ref.video_id, QUARANTINED, run_id, reason=manifest.get("reason"), **fields)
-        log.warning(
-            "quarantined s3://%s/%s: %s. Next step: fix or re-encode the file and upload it again "
-            "(a new version gets a new record).",
-            ref.bucket,
-            ref.key,
-            manifest.get("reason"),
+    doc, did = _run_stage(db, ref, run_id, working=EXTRACTING, from_statuses=[DISCOVERED], work=work)
+    return _outcome(ref, doc, skipped=not did)
+
+
+def infer_one(
+    s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, detector=None
+) -> dict[str, Any]:
+    """Claim an extracted video, run the detector over its frames, record the outcome.
+
+    Predictions (Lightly layout) and embeddings go to S3; the registry keeps their URIs
+    and per-class counts. A video with zero frames is recorded as inferred with no
+    predictions.
+    """
+
+    def work():
+        from framesift.inference import run_inference  # torch/ultralytics load only here
+
+        current = registry.get(db, ref.video_id) or {}
+        bucket, key = parse_s3_uri(current["manifest_uri"])
+        manifest = get_json(s3, bucket, key)
+        summary = run_inference(s3, cfg, manifest, detector=detector, log=log)
+        keep = (
+            "frames",
+            "frames_failed",
+            "boxes",
+            "counts",
+            "fps",
+            "elapsed_s",
+            "model_uri",
+            "device",
+            "task_name",
+            "embedding_model",
+            "embeddings_uri",
+            "predictions_prefix",
+            "datasource_root",
+            "failed_frames",
         )
-    else:
-        registry.mark(db, ref.video_id, EXTRACTED, run_id, **fields)
-    return _outcome(ref, registry.get(db, ref.video_id) or {}, skipped=False)
+        return INFERRED, None, {"inference": {k: summary.get(k) for k in keep}}
+
+    doc, did = _run_stage(db, ref, run_id, working=INFERRING, from_statuses=[EXTRACTED], work=work)
+    return _outcome(ref, doc, skipped=not did)
 
 
 def _outcome(ref: VideoRef, doc: dict[str, Any], *, skipped: bool) -> dict[str, Any]:
     frames = doc.get("frames") or {}
     return {
-        "video_id": ref.video_id,
-        "key": ref.key,
+        **ref.to_dict(),  # so the next mapped stage can expand over this outcome
         "status": doc.get("status"),
         "reason": doc.get("reason"),
         "manifest_uri": doc.get("manifest_uri"),
         "frames_prefix": doc.get("frames_prefix"),
         "frames_written": frames.get("frames_written", 0),
         "frames_corrupt": frames.get("frames_corrupt", 0),
+        "inference": doc.get("inference"),
         "skipped": skipped,
     }
 

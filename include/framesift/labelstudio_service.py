@@ -158,6 +158,20 @@ class LabelStudioInfo:
         """The credentials dict ``labeling.get_backend`` takes (what the Airflow connection holds)."""
         return {"url": self.url, "token": self.token}
 
+    def connection_env(self, conn_id: str = "framesift_labeling") -> dict[str, str]:
+        """``AIRFLOW_CONN_<ID>`` pointing an Airflow connection at this server (token as password)."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.url)
+        conn = {
+            "conn_type": "http",
+            "host": url.hostname,
+            "port": url.port,
+            "schema": url.scheme,
+            "password": self.token,
+        }
+        return {f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(conn)}
+
     def __repr__(self) -> str:  # never print the token or password
         return f"LabelStudioInfo(url={self.url!r}, username={self.username!r}, pid={self.pid})"
 

@@ -4,9 +4,11 @@ Keyed by bucket/key/etag, so duplicate events, retries and re-runs never create 
 second record, while a new version of an object (new etag) does. Each document
 carries a status with a timestamped history of who moved it where:
 
-    discovered -> extracting -> extracted -> (later stages) ...
+    discovered -> extracting -> extracted -> inferring -> inferred -> selecting -> selected
+                                                               -> pushing -> pushed
                             \\-> quarantined (bad input, with a reason; final)
-                            \\-> failed (infrastructure error; claimable again)
+    any working status      -> failed (infrastructure error, with ``failed_stage``;
+                               that stage may claim it again, up to MAX_ATTEMPTS)
 
 A stage *claims* a video atomically before working on it, so two DAG runs that
 saw the same upload cannot both process it.
@@ -30,8 +32,19 @@ VIDEOS = "videos"
 DISCOVERED = "discovered"
 EXTRACTING = "extracting"
 EXTRACTED = "extracted"
+INFERRING = "inferring"
+INFERRED = "inferred"
+SELECTING = "selecting"
+SELECTED = "selected"
+PUSHING = "pushing"
+PUSHED = "pushed"
+NOT_SELECTED = "not_selected"  # final: the batch's selection took no frame of this video
 QUARANTINED = "quarantined"
-FAILED = "failed"
+FAILED = "failed"  # with ``failed_stage``: the working status it failed in
+
+# statuses from which a later run resumes a video's pipeline
+RESUMABLE = (DISCOVERED, EXTRACTED, INFERRED, SELECTED)
+MAX_ATTEMPTS = 3  # a video that failed this often for infrastructure reasons waits for a person
 
 # a claim older than this is presumed to belong to a crashed worker
 STALE_CLAIM = timedelta(hours=2)
@@ -76,6 +89,7 @@ def register(db: Database, obj: S3Object, run_id: str | None) -> tuple[VideoRef,
                 "size": obj.size,
                 "status": DISCOVERED,
                 "reason": None,
+                "attempts": 0,
                 "created_at": ts,
                 "updated_at": ts,
                 "first_run_id": run_id,
@@ -104,15 +118,17 @@ def get(db: Database, video_id: str) -> dict[str, Any] | None:
 def claim(db: Database, video_id: str, run_id: str, *, to: str, from_statuses: Iterable[str]) -> dict | None:
     """Atomically move a video into stage ``to`` for ``run_id``.
 
-    Succeeds when the video is in one of ``from_statuses``, already claimed by this
-    same run (a task retry), or claimed by a run whose claim went stale. Returns the
-    updated document, or None when someone else owns it or it is past this stage.
+    Succeeds when the video is in one of ``from_statuses``, failed in this stage fewer
+    than MAX_ATTEMPTS times, is already claimed by this same run (a task retry), or is
+    claimed by a run whose claim went stale. Counts the attempt. Returns the updated
+    document, or None when someone else owns it or it is past this stage.
     """
     ts = now()
     query = {
         "_id": video_id,
         "$or": [
             {"status": {"$in": list(from_statuses)}},
+            {"status": FAILED, "failed_stage": to, "attempts": {"$lt": MAX_ATTEMPTS}},
             {"status": to, "run_id": run_id},
             {"status": to, "updated_at": {"$lt": ts - STALE_CLAIM}},
         ],
@@ -121,6 +137,7 @@ def claim(db: Database, video_id: str, run_id: str, *, to: str, from_statuses: I
         query,
         {
             "$set": {"status": to, "run_id": run_id, "updated_at": ts, "reason": None},
+            "$inc": {"attempts": 1},
             "$push": {"history": {"status": to, "at": ts, "run_id": run_id}},
         },
         return_document=ReturnDocument.AFTER,
@@ -130,8 +147,13 @@ def claim(db: Database, video_id: str, run_id: str, *, to: str, from_statuses: I
 def mark(
     db: Database, video_id: str, status: str, run_id: str | None, *, reason: str | None = None, **fields: Any
 ) -> None:
-    """Record a status change (with its reason and any result fields)."""
+    """Record a status change (with its reason and any result fields).
+
+    A stage that finishes resets the attempt count, so the next stage counts its own.
+    """
     ts = now()
+    if status != FAILED:
+        fields = {"attempts": 0, **fields}
     entry = {"status": status, "at": ts, "run_id": run_id}
     if reason:
         entry["reason"] = reason

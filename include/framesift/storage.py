@@ -126,3 +126,9 @@ def quote_key(key: str) -> str:
 def unquote_event_key(key: str) -> str:
     """S3 event notifications URL-encode keys with '+' for spaces."""
     return unquote(key.replace("+", " "))
+
+
+def http_url(s3, uri: str, expires_s: int = 7 * 24 * 3600) -> str:
+    """A browser-openable (presigned) URL for an ``s3://`` object."""
+    bucket, key = parse_s3_uri(uri)
+    return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s)

@@ -36,3 +36,20 @@ class FramesiftHook(BaseHook):
     @cached_property
     def db(self):
         return self.mongo_client[self.config.mongo.database]
+
+    def labeling_credentials(self) -> dict[str, Any]:
+        """The labeling connection as the plain dict the core backends take (never logged)."""
+        conn = self.get_connection(self.config.connections.labeling)
+        fields = {
+            "host": conn.host,
+            "port": conn.port,
+            "schema": conn.schema,
+            "login": conn.login,
+            "password": conn.password,
+        }
+        return {k: v for k, v in {**fields, **conn.extra_dejson}.items() if v not in (None, "")}
+
+    def labeling_backend(self):
+        from framesift.labeling.base import get_backend
+
+        return get_backend(self.config, self.labeling_credentials(), self.s3)

@@ -28,3 +28,13 @@ class XComUrlLink(BaseOperatorLink):
 class ClearMLRunLink(XComUrlLink):
     name = "ClearML run"
     key = "clearml_url"
+
+
+class LabelingProjectLink(XComUrlLink):
+    name = "Labeling project"
+    key = "labeling_url"
+
+
+class SelectionReportLink(XComUrlLink):
+    name = "Selection report"
+    key = "selection_report_url"

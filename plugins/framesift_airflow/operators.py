@@ -8,7 +8,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-from framesift_airflow.links import ClearMLRunLink
+from framesift_airflow.links import ClearMLRunLink, LabelingProjectLink, SelectionReportLink
 
 
 def _run_id(context) -> str:
@@ -66,42 +66,180 @@ class RegisterUploadsOperator(BaseOperator):
         return [r.to_dict() for r in refs]
 
 
-class ExtractFramesOperator(BaseOperator):
-    """Extract sampled frames of one video to S3 and record the outcome.
-
-    Mapped per video. A bad video is quarantined with its reason and this task instance
-    is skipped (the rest of the batch goes on); infrastructure errors fail and retry.
-    """
+class _PerVideoOperator(BaseOperator):
+    """Base of the mapped per-video stages: one ``video`` ref (a dict) in, an outcome out."""
 
     template_fields: Sequence[str] = ("video",)
-    ui_color = "#fdf3e8"
 
     def __init__(self, *, video: dict[str, Any], config_path: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.video = video
         self.config_path = config_path
 
+    def _ref(self):
+        """The video ref, from a registration entry or an upstream stage's outcome."""
+        from dataclasses import fields
+
+        from framesift.registry import VideoRef
+
+        return VideoRef(**{f.name: self.video[f.name] for f in fields(VideoRef)})
+
+    def _continue_or_skip(self, outcome: dict[str, Any], ready: tuple[str, ...]) -> dict[str, Any]:
+        """Downstream stages run only for videos in one of the ``ready`` statuses."""
+        if outcome["status"] not in ready:
+            ref = self._ref()
+            why = outcome["reason"] or f"it is {outcome['status']} (handled by another run)"
+            raise AirflowSkipException(f"s3://{ref.bucket}/{ref.key}: {why}")
+        return outcome
+
+
+class ExtractFramesOperator(_PerVideoOperator):
+    """Extract sampled frames of one video to S3 and record the outcome.
+
+    A bad video is quarantined with its reason and this task instance is skipped (the
+    rest of the batch goes on); infrastructure errors fail and retry.
+    """
+
+    ui_color = "#fdf3e8"
+
     def execute(self, context) -> dict[str, Any]:
         from framesift.ingest import extract_one
-        from framesift.registry import QUARANTINED, VideoRef
+        from framesift.registry import EXTRACTED, INFERRED, INFERRING
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
-        ref = VideoRef(**self.video)
         outcome = extract_one(
-            hook.s3, hook.db, hook.config, ref, run_id=_run_id(context), work_dir=_work_dir()
+            hook.s3, hook.db, hook.config, self._ref(), run_id=_run_id(context), work_dir=_work_dir()
         )
-        if outcome["status"] == QUARANTINED:
-            raise AirflowSkipException(f"quarantined s3://{ref.bucket}/{ref.key}: {outcome['reason']}")
         self.log.info(
-            "extracted s3://%s/%s: %s frames -> %s (%s corrupt)",
-            ref.bucket,
-            ref.key,
+            "%s: %s, %s frames at %s (%s corrupt)",
+            outcome["key"],
+            outcome["status"],
             outcome["frames_written"],
             outcome["frames_prefix"],
             outcome["frames_corrupt"],
         )
-        return outcome
+        return self._continue_or_skip(outcome, (EXTRACTED, INFERRING, INFERRED))
+
+
+class InferOperator(_PerVideoOperator):
+    """Run the detector over one video's frames: Lightly predictions + embeddings in S3.
+
+    Runs in the ``gpu`` pool (and on the ``gpu`` Celery queue, set in the DAG).
+    """
+
+    ui_color = "#f3e8fd"
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.ingest import infer_one
+        from framesift.registry import INFERRED
+        from framesift_airflow.hooks import FramesiftHook
+
+        hook = FramesiftHook(self.config_path)
+        outcome = infer_one(hook.s3, hook.db, hook.config, self._ref(), run_id=_run_id(context))
+        inf = outcome.get("inference") or {}
+        self.log.info(
+            "%s: %s frames, %s boxes %s, %s frames/s; predictions at %s",
+            outcome["key"],
+            inf.get("frames"),
+            inf.get("boxes"),
+            inf.get("counts"),
+            inf.get("fps"),
+            inf.get("predictions_prefix"),
+        )
+        return self._continue_or_skip(outcome, (INFERRED,))
+
+
+class SelectFramesOperator(BaseOperator):
+    """One selection over the run's inferred videos; returns one push item per video.
+
+    The run's params (the trigger form) may override the budget (``n_samples`` or
+    ``proportion_samples``) and pick a strategy ``preset``; ``dry_run`` stops here.
+    """
+
+    template_fields: Sequence[str] = ("videos",)
+    operator_extra_links = (SelectionReportLink(),)
+    ui_color = "#e8fdf6"
+
+    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.videos = videos
+        self.config_path = config_path
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from framesift.presets import selection_overrides
+        from framesift.push import push_items
+        from framesift.registry import VideoRef
+        from framesift.select_batch import select_batch
+        from framesift.storage import http_url
+        from framesift_airflow.hooks import FramesiftHook
+
+        hook = FramesiftHook(self.config_path)
+        refs = [
+            VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")})
+            for v in self.videos or []
+        ]
+        params = dict(context["params"])
+        overrides = selection_overrides(params)
+        record = select_batch(
+            hook.s3, hook.db, hook.config, refs, run_id=_run_id(context), overrides=overrides
+        )
+        if record.get("report_uri"):
+            SelectionReportLink.persist(context, http_url(hook.s3, record["report_uri"]))
+        self.log.info(
+            "selected %d of %s frames from %d video(s); report: %s",
+            len(record.get("selected", [])),
+            record.get("n_input", 0),
+            len(record.get("videos", [])),
+            record.get("report_uri"),
+        )
+        if params.get("dry_run"):
+            self.log.info("dry run: stopping before the push to the labeling platform")
+            return []
+        return push_items(hook.db, record)
+
+
+class PushSequenceOperator(_PerVideoOperator):
+    """Push one video's selected frames to the labeling platform as an image sequence.
+
+    Exactly once per selection, video and backend (see labeling_queue). Bad credentials
+    and missing frames fail without retries; platform outages retry with backoff.
+    """
+
+    operator_extra_links = (LabelingProjectLink(),)
+    ui_color = "#fde8ef"
+
+    def execute(self, context) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from framesift.labeling.base import BackendError, BadCredentials, FrameMissing
+        from framesift.push import push_video
+        from framesift_airflow.hooks import FramesiftHook
+
+        hook = FramesiftHook(self.config_path)
+        ti = context["ti"]
+        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
+        try:
+            out = push_video(
+                hook.s3,
+                hook.db,
+                hook.config,
+                self.video,
+                hook.labeling_backend(),
+                run_id=_run_id(context),
+                owner=owner,
+            )
+        except BadCredentials as exc:
+            raise AirflowFailException(
+                f"the labeling platform refused the credentials of connection "
+                f"'{hook.config.connections.labeling}': {exc}. Fix the connection; retrying will not help."
+            ) from None
+        except (FrameMissing, BackendError) as exc:
+            raise AirflowFailException(f"{self.video['key']}: {exc}") from None
+        labeling = out.get("labeling") or {}
+        LabelingProjectLink.persist(context, labeling.get("url"))
+        self.log.info("%s: %s frames -> %s", self.video["key"], labeling.get("frames"), labeling.get("url"))
+        return out
 
 
 class IngestSummaryOperator(BaseOperator):
@@ -109,21 +247,13 @@ class IngestSummaryOperator(BaseOperator):
     record for ``framesift status``. Fails the run if a video failed (not if one was
     quarantined: that is a data problem with its own record)."""
 
-    template_fields: Sequence[str] = ("videos", "run_params")
+    template_fields: Sequence[str] = ("videos",)
     operator_extra_links = (ClearMLRunLink(),)
     ui_color = "#eefde8"
 
-    def __init__(
-        self,
-        *,
-        videos: Any,
-        run_params: dict[str, Any] | None = None,
-        config_path: str | None = None,
-        **kwargs,
-    ) -> None:
+    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.videos = videos
-        self.run_params = run_params or {}
         self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
@@ -138,7 +268,7 @@ class IngestSummaryOperator(BaseOperator):
         summary = summarize(hook.db, ids)
         docs = list(hook.db["videos"].find({"_id": {"$in": ids}}))
         spec = runs.ingest_run_spec(
-            hook.config, dag_id=dag_id, run_id=run_id, params=self.run_params, video_docs=docs
+            hook.config, dag_id=dag_id, run_id=run_id, params=dict(context["params"]), video_docs=docs
         )
         try:
             tracked = record_run(spec)

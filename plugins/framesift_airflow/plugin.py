@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
-from framesift_airflow.links import ClearMLRunLink
+from framesift_airflow.links import ClearMLRunLink, LabelingProjectLink, SelectionReportLink
 
 
 class FramesiftPlugin(AirflowPlugin):
     name = "framesift"
-    operator_extra_links = [ClearMLRunLink()]
+    operator_extra_links = [ClearMLRunLink(), LabelingProjectLink(), SelectionReportLink()]

@@ -34,24 +34,31 @@ class NewVideosTrigger(BaseEventTrigger):
             {"config_path": self.config_path, "prefix": self.prefix, "poll_interval_s": self.poll_interval_s},
         )
 
-    def _poll(self) -> tuple[list[dict[str, Any]], float]:
+    @staticmethod
+    def _poll(hook, prefix: str | None) -> list[dict[str, Any]]:
         from framesift.discovery import find_new_videos
-        from framesift_airflow.hooks import FramesiftHook
 
-        hook = FramesiftHook(self.config_path)
-        found = find_new_videos(hook.s3, hook.db, hook.config, self.prefix)
-        interval = self.poll_interval_s or hook.config.discovery.poll_interval_s
-        return [{"bucket": o.bucket, "key": o.key, "etag": o.etag, "size": o.size} for o in found], interval
+        found = find_new_videos(hook.s3, hook.db, hook.config, prefix)
+        return [{"bucket": o.bucket, "key": o.key, "etag": o.etag, "size": o.size} for o in found]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        from framesift_airflow.hooks import FramesiftHook
+
+        # one hook (one boto3 client, one Mongo client) for the trigger's life
+        hook = await asyncio.to_thread(FramesiftHook, self.config_path)
+        interval = self.poll_interval_s or hook.config.discovery.poll_interval_s
         yielded: set[tuple[str, str, str]] = set()
-        while True:
-            objects, interval = await asyncio.to_thread(self._poll)
-            fresh = [o for o in objects if (o["bucket"], o["key"], o["etag"]) not in yielded]
-            if fresh:
-                self.log.info(
-                    "found %d new upload(s): %s", len(fresh), ", ".join(o["key"] for o in fresh[:10])
-                )
-                yielded.update((o["bucket"], o["key"], o["etag"]) for o in fresh)
-                yield TriggerEvent({"objects": fresh})
-            await asyncio.sleep(interval)
+        try:
+            while True:
+                objects = await asyncio.to_thread(self._poll, hook, self.prefix)
+                fresh = [o for o in objects if (o["bucket"], o["key"], o["etag"]) not in yielded]
+                if fresh:
+                    self.log.info(
+                        "found %d new upload(s): %s", len(fresh), ", ".join(o["key"] for o in fresh[:10])
+                    )
+                    yielded.update((o["bucket"], o["key"], o["etag"]) for o in fresh)
+                    yield TriggerEvent({"objects": fresh})
+                await asyncio.sleep(interval)
+        finally:
+            if "mongo_client" in hook.__dict__:
+                hook.mongo_client.close()

@@ -31,7 +31,7 @@ def test_ingest_is_asset_scheduled_and_maps_per_video(dagbag):
     extract = dag.get_task("extract_frames")
     assert extract.map_index_template == "{{ task.video['key'] }}"
     assert dag.get_task("summary").trigger_rule == "all_done"
-    (asset,) = dag.timetable.asset_condition.objects
+    (asset,) = dag.timetable.asset_condition.objects  # plus a cron that drains leftovers
     assert asset.name == "framesift_uploads" and asset.watchers
 
 
@@ -70,3 +70,54 @@ def test_uploads_asset_watcher_follows_discovery_mode(mode):
         )
     else:
         assert classpath == "framesift_airflow.triggers.NewVideosTrigger"
+
+
+def test_ingest_trigger_form_schema_and_validation(dagbag):
+    """What the UI's trigger form renders, and that it refuses bad input."""
+    import copy
+
+    from airflow.sdk.definitions.param import ParamsDict
+
+    dag = dagbag.get_dag("framesift_ingest")
+    schema = {name: dag.params.get_param(name).schema for name in dag.params}
+    assert set(schema) == {"prefix", "n_samples", "proportion_samples", "preset", "dry_run"}
+    assert schema["n_samples"]["minimum"] == 1 and schema["proportion_samples"]["maximum"] == 1
+    assert set(schema["preset"]["enum"]) == {"config", "diverse", "uncertain", "balanced"}
+    assert all(schema[n].get("title") and dag.params.get_param(n).description for n in schema)
+
+    def validate(**values):
+        params = copy.deepcopy(dag.params)
+        for key, value in values.items():
+            params[key] = value
+        return ParamsDict(params).validate()
+
+    assert validate()["preset"] == "config"  # the defaults are valid
+    assert validate(n_samples=25, preset="balanced", dry_run=True)["n_samples"] == 25
+    for bad in (
+        {"n_samples": 0},
+        {"n_samples": "ten"},
+        {"proportion_samples": 1.5},
+        {"proportion_samples": 0},
+        {"preset": "fastest"},
+        {"dry_run": "maybe"},
+    ):
+        with pytest.raises(Exception, match="(?i)invalid|valid|fail"):
+            validate(**bad)
+
+
+def test_presets_map_onto_the_selection_config():
+    from framesift.config import parse_config
+    from framesift.presets import PRESETS, selection_overrides
+    from framesift.selection import parse_selection
+
+    assert selection_overrides({}) == {}
+    assert selection_overrides({"n_samples": 10, "proportion_samples": 0.5}) == {
+        "n_samples": 10,
+        "proportion_samples": None,
+    }
+    for preset in PRESETS:
+        over = selection_overrides({"preset": preset, "proportion_samples": 0.2})
+        sel = parse_config({}).selection.model_copy(update=over)
+        assert parse_selection(sel, ["person"]).strategies  # every preset is a valid Lightly-shape config
+    with pytest.raises(ValueError, match="unknown selection preset"):
+        selection_overrides({"preset": "nope"})

@@ -35,7 +35,9 @@ def frame_keys(s3, cfg):
     )
 
 
-def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated, tmp_path):
+def test_ingest_end_to_end_quarantines_and_never_duplicates(
+    ingest_dag, s3, db, isolated, tmp_path, label_studio
+):
     bucket, prefix = isolated.storage.bucket, isolated.storage.videos_prefix
     good = make_video(tmp_path / "good.mp4", seconds=4, fps=25, seed=1)
     odd = make_video(tmp_path / "odd.webm", seconds=3, fps=20, codec="libvpx-vp9", seed=2)
@@ -54,18 +56,31 @@ def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated,
     assert "not a video" in docs["not-a-video.mp4"]["reason"]
     for name in ("good.mp4", "odd name (copy) +été.webm"):
         doc = docs[name]
-        assert doc["status"] == "extracted", doc
-        assert [h["status"] for h in doc["history"]] == ["discovered", "extracting", "extracted"]
+        assert doc["status"] in ("pushed", "not_selected"), doc
+        assert [h["status"] for h in doc["history"]][:6] == [
+            "discovered",
+            "extracting",
+            "extracted",
+            "inferring",
+            "inferred",
+            "selecting",
+        ]
         assert all(h["run_id"] == dr.run_id for h in doc["history"])
     assert docs["good.mp4"]["frames"]["frames_written"] == 4  # 4 s at 1 fps
     # the damaged copy keeps what decoded, or is quarantined with a reason: never lost silently
     dmg = docs["damaged.mp4"]
-    assert dmg["status"] in ("extracted", "quarantined") and (dmg["status"] == "extracted" or dmg["reason"])
+    assert dmg["status"] != "failed" and (dmg["status"] != "quarantined" or dmg["reason"])
     # one skipped mapped task (the quarantined file), the rest succeeded
     mapped = {k: v for k, v in states.items() if k.startswith("extract_frames[")}
     n_quarantined = sum(d["status"] == "quarantined" for d in docs.values())
     assert sorted(mapped.values()).count("skipped") == n_quarantined
     assert sorted(mapped.values()).count("success") == 4 - n_quarantined
+    # inference ran once per extracted video (mapped over extract_frames' outcomes)
+    inferred = {k: v for k, v in states.items() if k.startswith("infer[")}
+    assert list(inferred.values()) == ["success"] * (4 - n_quarantined)
+    inf = docs["good.mp4"]["inference"]
+    assert inf["frames"] == 4 and inf["frames_failed"] == 0
+    assert inf["embeddings_uri"].endswith(".npz") and "/.lightly/predictions/" in inf["predictions_prefix"]
 
     keys = frame_keys(s3, isolated)
     vid = docs["good.mp4"]["_id"]
@@ -76,8 +91,11 @@ def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated,
         == f"s3://{isolated.storage.out_bucket}/{layout.manifest_key(isolated, vid)}"
     )
 
+    check_selection_and_push(s3, db, isolated, states, label_studio)
     check_run_record_and_clearml(ingest_dag, dr, db, isolated)
     check_status_command(dr, isolated)
+    queue_before = sorted(d["_id"] for d in db.labeling_queue.find())
+    tasks_before = label_studio_task_count(label_studio)
 
     # a second run over the same uploads: no new records, no new frames, nothing re-extracted
     dr2, states2 = run(ingest_dag)
@@ -85,13 +103,18 @@ def test_ingest_registers_extracts_and_quarantines(ingest_dag, s3, db, isolated,
     assert db.videos.count_documents({}) == 4
     assert frame_keys(s3, isolated) == keys
     assert all(len(d["history"]) == len(docs[d["key"][len(prefix) :]]["history"]) for d in db.videos.find())
+    assert sorted(d["_id"] for d in db.labeling_queue.find()) == queue_before
+    assert label_studio_task_count(label_studio) == tasks_before
 
     # a new version of a key is a new record and gets extracted
     upload(s3, make_video(tmp_path / "good2.mp4", seconds=2, fps=25, seed=9), bucket, prefix + "good.mp4")
-    dr3, _ = run(ingest_dag)
-    assert dr3.state == "success"
+    dr3, states3 = run(ingest_dag)
+    assert dr3.state == "success", states3
     versions = list(db.videos.find({"key": prefix + "good.mp4"}))
-    assert len(versions) == 2 and {v["status"] for v in versions} == {"extracted"}
+    assert len(versions) == 2 and {v["status"] for v in versions} <= {"pushed", "not_selected"}
+    # the new version's selection knew the datapool: no frame id selected twice
+    selected = [f for sel in db.selections.find() for f in sel["selected"]]
+    assert len(selected) == len(set(selected))
 
 
 def test_manual_run_lists_the_given_prefix(ingest_dag, s3, db, isolated, tmp_path):
@@ -99,9 +122,14 @@ def test_manual_run_lists_the_given_prefix(ingest_dag, s3, db, isolated, tmp_pat
     clip = make_video(tmp_path / "c.mp4", seconds=2, fps=10, seed=4)
     upload(s3, clip, bucket, isolated.storage.videos_prefix + "elsewhere/c.mp4")
     upload(s3, clip, bucket, isolated.storage.videos_prefix + "here/c.mp4")
-    dr, states = run(ingest_dag, prefix=isolated.storage.videos_prefix + "here/")
+    dr, states = run(ingest_dag, prefix=isolated.storage.videos_prefix + "here/", dry_run=True, n_samples=1)
     assert dr.state == "success", states
     assert [d["key"] for d in db.videos.find()] == [isolated.storage.videos_prefix + "here/c.mp4"]
+    # dry run: selected (budget from the form: 1 frame), nothing pushed
+    (sel,) = db.selections.find()
+    assert len(sel["selected"]) == 1 and sel["budget"] == 1
+    assert states["select_frames"] == "success" and db.labeling_queue.count_documents({}) == 0
+    assert db.videos.find_one()["status"] == "selected"
 
 
 def check_run_record_and_clearml(dag, dr, db, cfg):
@@ -161,3 +189,40 @@ def check_status_command(dr, cfg):
     assert dr.run_id in out and "videos 4 (" in out and "quarantined 1" in out.replace(":", "")
     assert "! " + cfg.storage.videos_prefix + "not-a-video.mp4: not a video" in out
     assert "ClearML: file://" in out
+
+
+def label_studio_task_count(info) -> int:
+    import requests
+
+    headers = {"Authorization": f"Token {info.token}"}
+    projects = requests.get(f"{info.url}/api/projects", headers=headers, timeout=30).json()
+    projects = projects.get("results", projects) if isinstance(projects, dict) else projects
+    return sum(p.get("task_number", 0) for p in projects)
+
+
+def check_selection_and_push(s3, db, cfg, states, info):
+    """One selection over the batch, its report in S3, one sequence per video in Label Studio."""
+    import requests
+
+    from framesift.storage import exists, parse_s3_uri
+
+    (sel,) = db.selections.find()
+    assert sel["state"] == "done" and sel["budget"] == len(sel["selected"]) == 6
+    assert len(set(sel["selected"])) == 6 and sel["objective_names"]
+    bucket, key = parse_s3_uri(sel["report_uri"])
+    assert exists(s3, bucket, key) and exists(s3, bucket, key.replace("index.html", "embeddings.png"))
+    pushed = [d for d in db.videos.find({"status": "pushed"})]
+    assert pushed and all(d["labeling"]["backend"] == "label_studio" for d in pushed)
+    assert sum(len(d["selected_frames"]) for d in pushed) == 6
+    push_states = [v for k, v in states.items() if k.startswith("push_to_labeling[")]
+    assert push_states == ["success"] * len(pushed)
+    queue = list(db.labeling_queue.find())
+    assert len(queue) == len(pushed)
+    for rec in queue:
+        assert rec["state"] == "pushed" and rec["Labeling status"] == "In queue" and rec["backend_ids"]
+        assert rec["selection_id"] == sel["_id"] and rec["frames"] == sorted(rec["frames"])
+    # the tasks are on the real server, with one image per selected frame and predictions
+    headers = {"Authorization": f"Token {info.token}"}
+    task_id = queue[0]["backend_ids"][0]
+    task = requests.get(f"{info.url}/api/tasks/{task_id}", headers=headers, timeout=30).json()
+    assert len(task["data"]["images"]) == queue[0]["n_frames"]

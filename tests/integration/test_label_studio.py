@@ -34,7 +34,6 @@ from framesift.labeling import (
     get_backend,
 )
 from framesift.labeling.label_studio import px_to_ls
-from framesift.labelstudio_service import LabelStudioService
 from framesift.storage import get_bytes, head, list_objects, put_bytes, upload
 from framesift.synth import make_video
 from framesift.video import extract_to_s3
@@ -47,27 +46,6 @@ SCHEMA = {
     "task_type": "object-detection",
     "categories": [{"id": 0, "name": "box"}, {"id": 1, "name": "disc"}, {"id": 2, "name": "triangle"}],
 }
-TIMINGS: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory):
-    svc = LabelStudioService(data_dir=tmp_path_factory.mktemp("labelstudio") / "data", from_template=True)
-    t0 = time.monotonic()
-    info = svc.start()
-    TIMINGS.update(svc.timings, total_up_s=time.monotonic() - t0)
-    print(f"\nLabel Studio up: {json.dumps({k: round(v, 1) for k, v in TIMINGS.items()})}")
-    try:
-        yield info
-    finally:
-        t1 = time.monotonic()
-        svc.stop()
-        TIMINGS["stop_s"] = time.monotonic() - t1
-        # for people reading CI logs: how long the server took (venv_s ~0 once the venv exists)
-        out = Path(os.environ.get("FRAMESIFT_VAR_DIR", ROOT / "var")) / "labelstudio" / "test-timings.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({k: round(v, 2) for k, v in TIMINGS.items()}, indent=2))
-    assert not svc.running
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +149,7 @@ def backend_for(cfg, label_studio, s3, **kw):
 def test_push_creates_one_sequence_task_with_frames_and_predictions(label_studio, api, cfg, clip, s3, db):
     backend = backend_for(cfg, label_studio, s3)
     req = make_request(cfg, clip)
-    t0 = time.monotonic()
     rec = lq.push_exactly_once(db, backend, req, labeler=cfg.labeling.labeler, reviewer="rev@example.com")
-    TIMINGS["push_5_frames_s"] = time.monotonic() - t0
 
     # the queue record has every field
     for field in (

@@ -119,8 +119,8 @@ def test_register_uploads_caps_the_batch_and_drains_the_backlog(s3, db, isolated
         put_bytes(s3, cfg.storage.bucket, f"{cfg.storage.videos_prefix}v{i}.mp4", b"%d" % i)
     first = register_uploads(s3, db, cfg, run_id="r1")
     assert len(first) == 2 and db.videos.count_documents({}) == 5
-    for ref in first:
-        registry.mark(db, ref.video_id, "extracted", "r1")
+    for ref in first:  # finished for good (a resumable status would be picked up again)
+        registry.mark(db, ref.video_id, "quarantined", "r1", reason="test")
     second = register_uploads(s3, db, cfg, run_id="r2")
     assert len(second) == 2 and not {r.video_id for r in second} & {r.video_id for r in first}
 
@@ -143,3 +143,20 @@ def test_new_videos_trigger_yields_unregistered_keys(s3, db, isolated):
     event = asyncio.run(first_event())
     assert [o["key"] for o in event.payload["objects"]] == [isolated.storage.videos_prefix + "t.mp4"]
     json.dumps(event.payload)  # payloads are stored as JSON in the metadata DB
+
+
+def test_failed_stage_can_be_retried_a_bounded_number_of_times(db):
+    ref, _ = registry.register(db, S3Object("b", "f.mp4", "e", 1), "r0")
+    for attempt in range(registry.MAX_ATTEMPTS):
+        assert registry.claim(
+            db, ref.video_id, f"run-{attempt}", to="extracting", from_statuses=["discovered"]
+        )
+        registry.mark(
+            db, ref.video_id, "failed", f"run-{attempt}", reason="S3 down", failed_stage="extracting"
+        )
+    assert registry.claim(db, ref.video_id, "run-x", to="extracting", from_statuses=["discovered"]) is None
+    # a failure in another stage does not let this one claim it
+    ref2, _ = registry.register(db, S3Object("b", "g.mp4", "e", 1), "r0")
+    registry.mark(db, ref2.video_id, "failed", "r0", reason="GPU lost", failed_stage="inferring")
+    assert registry.claim(db, ref2.video_id, "r1", to="extracting", from_statuses=["discovered"]) is None
+    assert registry.claim(db, ref2.video_id, "r1", to="inferring", from_statuses=["extracted"])

@@ -1,0 +1,125 @@
+"""The selection report: files exist, the HTML references the PNGs, the table is right."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from framesift.report import build_report, project_2d
+from framesift.selection import SelectionInputs, parse_selection, select
+
+CATS = [{"id": 0, "name": "car"}, {"id": 1, "name": "person"}, {"id": 2, "name": "bike"}]
+
+
+@pytest.fixture(scope="module")
+def selection():
+    rng = np.random.default_rng(0)
+    n = 300
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    x[n - 1] = x[n - 2]  # one exact duplicate
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    names = [f"{v}-{i:03d}-mp4.png" for v in ("street", "park", "lot") for i in range(n // 3)]
+    preds = []
+    for _ in range(n):
+        boxes = []
+        for _ in range(rng.integers(0, 3)):
+            p = rng.dirichlet([1, 1, 1])
+            boxes.append(
+                {
+                    "category_id": int(p.argmax()),
+                    "bbox": [5, 8, 20, 12],
+                    "score": float(p.max()),
+                    "probabilities": p.tolist(),
+                }
+            )
+        preds.append(boxes)
+    sharp = rng.uniform(0, 100, n)
+    inputs = SelectionInputs(names, x, predictions=preds, categories=CATS, metadata={"sharpness": sharp})
+    spec = parse_selection(
+        {
+            "n_samples": 25,
+            "balance": True,
+            "strategies": [
+                {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}},
+                {
+                    "input": {"type": "METADATA", "key": "lightly.sharpness"},
+                    "strategy": {"type": "THRESHOLD", "threshold": 10, "operation": "BIGGER"},
+                },
+            ],
+        },
+        ["car", "bike"],
+    )
+    result = select(inputs, spec, datapool_ids=["street-000-mp4.png", "old-001-mov.png"])
+    images = {inputs.frame_names[i]: np.full((40, 60, 3), 90, np.uint8) for i in result.selected[:3]}
+    return inputs, result, images, int((sharp <= 10).sum())
+
+
+def test_files_exist_and_html_references_them(selection, tmp_path):
+    inputs, result, images, _ = selection
+    index = build_report(result, inputs, tmp_path / "report", images=images)
+    assert index == tmp_path / "report" / "index.html" and index.exists()
+    text = index.read_text()
+    pngs = re.findall(r"src='([^']+\.png)'", text)
+    assert {"embeddings.png", "class_distribution.png", "sampling_density.png"} <= set(pngs)
+    assert sum(p.startswith("examples/") for p in pngs) == 3
+    for png in pngs:
+        data = (index.parent / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, png
+    saved = json.loads((index.parent / "selection.json").read_text())
+    assert saved["selected_names"] == result.selected_names
+
+
+def test_sizes_table_numbers(selection, tmp_path):
+    inputs, result, images, n_blurry = selection
+    text = build_report(result, inputs, tmp_path / "r").read_text()
+    table = re.search(r"<table id='sizes'>(.*?)</table>", text, re.S).group(1)
+    rows = dict(
+        (m.group(1), (int(m.group(2).replace(",", "")), int(m.group(3).replace(",", ""))))
+        for m in re.finditer(r"<th class='l'>([^<]+)</th><td>([\d,]+)</td><td>([\d,]+)</td>", table)
+    )
+    assert list(rows) == [
+        "Input",
+        "Corrupt",
+        "Duplicate",
+        "Removed",
+        "Selected",
+        "Datapool Input",
+        "Datapool Selected",
+    ]
+    assert rows["Input"] == (300, 3)
+    assert rows["Corrupt"] == (0, 0)
+    assert rows["Duplicate"][0] == 2  # one datapool id, one exact copy
+    assert rows["Removed"][0] == n_blurry - (1 if inputs.metadata["sharpness"][0] <= 10 else 0)
+    assert rows["Selected"] == (25, len({inputs.video_keys[i] for i in result.selected}))
+    assert rows["Datapool Input"] == (2, 2)  # street.mp4 and old.mov
+    assert rows["Datapool Selected"][0] == 27
+    assert rows == {k: (v["Image"], v["Video"]) for k, v in result.sizes.items()}
+
+
+def test_report_without_embeddings_or_predictions(tmp_path):
+    inputs = SelectionInputs([f"a-{i:02d}-mp4.png" for i in range(20)], None, metadata={"w": np.arange(20.0)})
+    spec = parse_selection(
+        {
+            "n_samples": 5,
+            "strategies": [{"input": {"type": "METADATA", "key": "w"}, "strategy": {"type": "WEIGHTS"}}],
+        }
+    )
+    text = build_report(select(inputs, spec), inputs, tmp_path).read_text()
+    assert (
+        "sampling_density.png" in text
+        and "embeddings.png" not in text
+        and "class_distribution.png" not in text
+    )
+
+
+def test_pca_projection():
+    rng = np.random.default_rng(1)
+    x = np.c_[rng.standard_normal(200) * 5, rng.standard_normal(200), rng.standard_normal(200) * 0.01]
+    coords, method = project_2d(x)
+    assert coords.shape == (200, 2)
+    assert method.startswith("PCA") or method == "UMAP"
+    if method.startswith("PCA"):
+        assert abs(np.corrcoef(coords[:, 0], x[:, 0])[0, 1]) > 0.99
