@@ -31,7 +31,13 @@ def stage_seconds(doc: dict[str, Any], start: str, end: str) -> float | None:
 
 
 def ingest_run_spec(
-    cfg: PipelineConfig, *, dag_id: str, run_id: str, params: dict[str, Any], video_docs: list[dict[str, Any]]
+    cfg: PipelineConfig,
+    *,
+    dag_id: str,
+    run_id: str,
+    params: dict[str, Any],
+    video_docs: list[dict[str, Any]],
+    selection: dict[str, Any] | None = None,
 ) -> RunSpec:
     """What the ClearML task of an ingest run holds."""
     spec = RunSpec(
@@ -45,20 +51,32 @@ def ingest_run_spec(
     )
     by_status: dict[str, int] = {}
     totals = {"frames_read": 0, "frames_written": 0, "frames_duplicate": 0, "frames_corrupt": 0}
-    extract_s = 0.0
+    stage_s = {"extract": 0.0, "infer": 0.0, "push": 0.0}
+    inferred_frames = 0
     for doc in video_docs:
         by_status[doc["status"]] = by_status.get(doc["status"], 0) + 1
         for key in totals:
             totals[key] += (doc.get("frames") or {}).get(key) or 0
-        extract_s += stage_seconds(doc, registry.EXTRACTING, registry.EXTRACTED) or 0.0
+        inferred_frames += (doc.get("inference") or {}).get("frames") or 0
+        for stage, (start, end) in {
+            "extract": (registry.EXTRACTING, registry.EXTRACTED),
+            "infer": (registry.INFERRING, registry.INFERRED),
+            "push": (registry.PUSHING, registry.PUSHED),
+        }.items():
+            stage_s[stage] += stage_seconds(doc, start, end) or 0.0
     spec.scalar("videos", "in", len(video_docs))
     for status, n in sorted(by_status.items()):
         spec.scalar("videos", status, n)
     for key, value in totals.items():
         spec.scalar("frames", key.removeprefix("frames_"), value)
-    spec.scalar("duration_s", "extract", extract_s)
-    if extract_s > 0:
-        spec.scalar("throughput", "extract frames read/s", totals["frames_read"] / extract_s)
+    for stage, seconds in stage_s.items():
+        spec.scalar("duration_s", stage, seconds)
+    if stage_s["extract"] > 0:
+        spec.scalar("throughput", "extract frames read/s", totals["frames_read"] / stage_s["extract"])
+    if stage_s["infer"] > 0:
+        spec.scalar("throughput", "inference frames/s", inferred_frames / stage_s["infer"])
+    if selection and selection.get("state") == "done":
+        _add_selection(spec, selection)
     spec.artifacts.append(
         {
             "name": "videos",
@@ -120,3 +138,26 @@ def format_run(doc: dict[str, Any]) -> str:
     for item in s.get("quarantined", []) + s.get("failed", []):
         line += f"\n    ! {item['key']}: {item['reason']}"
     return line
+
+
+def _add_selection(spec: RunSpec, selection: dict[str, Any]) -> None:
+    """Selection scalars, plots (class balance, embedding scatter) and the record itself."""
+    spec.scalar("frames", "selected", len(selection["selected"]))
+    spec.scalar("frames", "selection input", selection["n_input"])
+    spec.scalar("duration_s", "select", (selection.get("timings") or {}).get("total_s", 0.0))
+    for i, balance in enumerate(selection.get("balance") or []):
+        classes = balance.get("classes") or []
+        series = {k: balance[k] for k in ("input", "selected", "target") if balance.get(k) is not None}
+        if classes and series:
+            spec.bars.append({"title": f"class distribution ({i})", "labels": classes, "series": series})
+    points = selection.get("embedding_2d") or {}
+    if points.get("input") or points.get("selected"):
+        spec.scatters.append(
+            {
+                "title": f"embeddings ({points.get('method')})",
+                "series": {"input": points.get("input") or [], "selected": points.get("selected") or []},
+            }
+        )
+    record = {k: v for k, v in selection.items() if k not in ("embedding_2d", "created_at")}
+    spec.artifacts.append({"name": "selection", "object": record})
+    spec.params["selection_report"] = selection.get("report_uri")

@@ -159,6 +159,7 @@ def _select(s3, db, cfg, sid, run_id, docs, sel_cfg, spec) -> dict[str, Any]:
             s3, bucket, join_key(prefix, "datapool.npz"), pool_path.read_bytes(), "application/octet-stream"
         )
 
+    embedding_2d = _scatter_points(embeddings, result.selected)
     by_video: dict[str, list[str]] = {}
     for i in result.selected:
         vid, name = ids[i].split("/", 1)
@@ -182,6 +183,7 @@ def _select(s3, db, cfg, sid, run_id, docs, sel_cfg, spec) -> dict[str, Any]:
         "sizes": values["sizes"],
         "balance": values["balance"],
         "timings": values["timings"],
+        "embedding_2d": embedding_2d,
         "report_uri": s3_uri(bucket, join_key(prefix, "report", "index.html")),
         "datapool_uri": s3_uri(bucket, join_key(prefix, "datapool.npz")),
         "created_at": registry.now(),
@@ -201,6 +203,21 @@ def _select(s3, db, cfg, sid, run_id, docs, sel_cfg, spec) -> dict[str, Any]:
         record["report_uri"],
     )
     return record
+
+
+def _scatter_points(embeddings: np.ndarray, selected, max_points: int = 2000) -> dict[str, Any]:
+    """A 2-D projection of (a sample of) the frames, selected ones apart, for tracking plots."""
+    from framesift.report import project_2d
+
+    rng = np.random.default_rng(0)
+    chosen = set(int(i) for i in selected)
+    others = np.array([i for i in range(len(embeddings)) if i not in chosen], dtype=int)
+    if len(others) > max_points:
+        others = np.sort(rng.choice(others, max_points, replace=False))
+    idx = np.concatenate([others, np.array(sorted(chosen), dtype=int)])
+    coords, method = project_2d(embeddings[idx])
+    coords = np.round(coords, 4).tolist()
+    return {"method": method, "input": coords[: len(others)], "selected": coords[len(others) :]}
 
 
 def _example_images(s3, docs: list[dict[str, Any]], frame_ids: list[str]) -> dict[str, np.ndarray]:

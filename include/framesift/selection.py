@@ -114,6 +114,7 @@ TYPICALITY_K = 10
 TYPICALITY_REFERENCE = 10_000
 DUPLICATE_DISTANCE = 1e-3  # float32 round-off on the unit sphere is ~3e-4
 _EMPTY_DISTANCE = 2.0  # distance of any frame to an empty selected set
+_TIE_BATCH = 4096  # stale candidates refreshed at a time before a full refresh
 
 
 class SelectionConfigError(ValueError):
@@ -1453,45 +1454,54 @@ class _Run:
                             f if abs(b.strength) == 1 else np.power(f, abs(b.strength), dtype=np.float32)
                         )
             pick = -1
+            fbar: np.ndarray | None = None
+            refreshed = 0
             while pick < 0:
-                if not (~self.dead).any():
-                    break
-                fbar = combined_static * div_factor(ub) if self.has_diversity else combined_static.copy()
-                np.putmask(fbar, self.dead, -1.0)
+                if fbar is None:
+                    if not (~self.dead).any():
+                        break
+                    fbar = combined_static * div_factor(ub) if self.has_diversity else combined_static.copy()
+                    np.putmask(fbar, self.dead, -1.0)
                 i = int(np.argmax(fbar))
                 if fbar[i] < 0:
                     break
-                if lazy and pending:
+                stale = lazy and bool(pending)
+                if stale:
                     refresh_rows(np.array([i]))
+                    refreshed += 1
                     if ub[i] < self.min_distance:  # type: ignore[index]
                         self._mark_one(i, _TOO_CLOSE)
                         self.counts["too_close"] += 1
+                        fbar[i] = -1.0
                         continue
-                f_i = float(
-                    combined_static[i] * (div_factor(ub[i : i + 1])[0] if self.has_diversity else 1.0)
-                )
-                tied = np.flatnonzero(fbar >= np.float32(f_i))
-                if len(tied) > 1:
-                    if lazy and pending:
-                        if len(tied) > max(4096, n // 16):
-                            flush()
-                            continue
-                        refresh_rows(tied)
-                        if self.min_distance > 0:
-                            close = tied[ub[tied] < self.min_distance]  # type: ignore[index]
-                            if len(close):
-                                mask = np.zeros(n, dtype=bool)
-                                mask[close] = True
-                                self.counts["too_close"] += self._mark(mask, _TOO_CLOSE)
-                                tied = tied[~self.dead[tied]]
-                                if len(tied) == 0:
-                                    continue
-                    exact = combined_static[tied] * (div_factor(ub[tied]) if self.has_diversity else 1.0)
-                    best = exact.max()
-                    cands = tied[exact >= best]
-                    pick = int(cands[np.argmin(self.priority[cands])]) if len(cands) > 1 else int(cands[0])
-                else:
+                    fbar[i] = combined_static[i] * div_factor(ub[i : i + 1])[0]
+                f_i = fbar[i]
+                # every frame whose (optimistic) product reaches the exact f_i may beat or tie i
+                tied = np.flatnonzero(fbar >= f_i)
+                if len(tied) == 1:
                     pick = i
+                    break
+                if stale and len(tied) > _TIE_BATCH:
+                    # many stale bounds above f_i (typically the neighbourhood of the last
+                    # picks): make the highest ones exact, then look again
+                    if refreshed > max(_TIE_BATCH, n // 8):
+                        flush()  # cheaper to refresh everything at once
+                        fbar = None
+                        refreshed = 0
+                        continue
+                    top = np.argpartition(fbar, n - _TIE_BATCH)[n - _TIE_BATCH :]
+                    self._refresh_exact(top, fbar, combined_static, div_factor, refresh_rows)
+                    refreshed += len(top)
+                    continue
+                if stale:
+                    self._refresh_exact(tied, fbar, combined_static, div_factor, refresh_rows)
+                    tied = tied[fbar[tied] >= 0]
+                    if len(tied) == 0:
+                        continue
+                # exact values now: the best of them wins, ties go to the seeded priority
+                exact = fbar[tied]
+                cands = tied[exact >= exact.max()]
+                pick = int(cands[np.argmin(self.priority[cands])]) if len(cands) > 1 else int(cands[0])
             if pick < 0:
                 stop_reason = "minimum_distance" if self.counts["too_close"] else "pool_exhausted"
                 break
@@ -1544,6 +1554,18 @@ class _Run:
         self.counts["full_refreshes"] = refreshes
         self.timings["total_s"] = time.perf_counter() - self.t_start
         return self._result(selected, anchors, obj_rows, raw_rows, stop_reason)
+
+    def _refresh_exact(self, rows, fbar, combined_static, div_factor, refresh_rows) -> None:
+        """Make ``fbar[rows]`` exact (refresh their distances); drop those now too close."""
+        refresh_rows(rows)
+        if self.min_distance > 0:
+            close = rows[self.ub[rows] < self.min_distance]  # type: ignore[index]
+            if len(close):
+                mask = np.zeros(self.n, dtype=bool)
+                mask[close] = True
+                self.counts["too_close"] += self._mark(mask, _TOO_CLOSE)
+        fbar[rows] = combined_static[rows] * div_factor(self.ub[rows])  # type: ignore[index]
+        fbar[rows[self.dead[rows]]] = -1.0
 
     def _sequence_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         videos = np.asarray(self.inputs.video_keys, dtype=object)

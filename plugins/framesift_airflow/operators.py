@@ -267,8 +267,15 @@ class IngestSummaryOperator(BaseOperator):
         ids = [v["video_id"] for v in self.videos or []]
         summary = summarize(hook.db, ids)
         docs = list(hook.db["videos"].find({"_id": {"$in": ids}}))
+        sel_ids = {d["selection_id"] for d in docs if d.get("selection_id")}
+        selection = hook.db["selections"].find_one({"_id": {"$in": sorted(sel_ids)}, "run_id": run_id})
         spec = runs.ingest_run_spec(
-            hook.config, dag_id=dag_id, run_id=run_id, params=dict(context["params"]), video_docs=docs
+            hook.config,
+            dag_id=dag_id,
+            run_id=run_id,
+            params=dict(context["params"]),
+            video_docs=docs,
+            selection=selection,
         )
         try:
             tracked = record_run(spec)

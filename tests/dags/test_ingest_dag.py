@@ -162,6 +162,11 @@ def check_run_record_and_clearml(dag, dr, db, cfg):
     with zipfile.ZipFile(doc["clearml"]["offline_zip"]) as z:  # no credential anywhere in the session
         assert not [n for n in z.namelist() if TEST_SECRET.encode() in z.read(n)]
     assert any(n.endswith("artifacts/videos/videos.json") for n in names)
+    # the selection: its count, the embedding scatter (input vs selected), the record itself
+    assert scalars[("frames", "selected")] == 6 and scalars[("duration_s", "infer")] > 0
+    plots = {(e["metric"], e["variant"]) for e in events if e["type"] == "plot"}
+    assert {v for m, v in plots if m.startswith("embeddings")} == {"input", "selected"}
+    assert any(n.endswith("artifacts/selection/selection.json") for n in names)
 
     # the UI resolves extra links like this: the serialized operator reads what the task
     # runner stored for the link after the task ran
