@@ -91,6 +91,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check include plugins dags tests bench
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -r requirements-bench.txt
 	@mkdir -p bench/results
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

@@ -436,7 +436,11 @@ def main() -> None:
         "speedup_vs_naive_with_embed": round(ratio_embed, 3),
         "speedup_vs_naive_at_ultralytics_default_threads": round(ratio_default, 3),
         "target_speedup": 1.5,
-        "meets_target": ratio >= 1.5,
+        "meets_target": {"median": ratio >= 1.5, "best_of": best["naive_s"] / best["streaming_s"] >= 1.5},
+        "best_of_speedup_vs_naive_with_embed": round(best["naive_with_embed_s"] / best["streaming_s"], 3),
+        "best_of_speedup_vs_naive_at_ultralytics_default_threads": round(
+            best["naive_ultralytics_threads_s"] / best["streaming_s"], 3
+        ),
         "compute_only": {
             "raw": {k: [round(x, 3) for x in v] for k, v in compute.items()},
             "medians_s": {k: round(v, 3) for k, v in cmed.items()},
@@ -456,6 +460,9 @@ def main() -> None:
             "image with oneDNN), 4 images per pass instead of 1, no per-call predictor overhead, and S3 reads, "
             "PNG decodes and JSON writes overlapped with compute. Larger batches are slower per image on this "
             "CPU (cache pressure), so batch_size does not help here; on a GPU it does.",
+            "Under CPU contention from other processes, 2-thread torch (OpenMP) runs degrade far more for the "
+            "per-frame loop than for batched passes (up to 10x slower per repeat here), so medians taken on a "
+            "busy machine overstate our speedup; the least-disturbed repeats (best_of) are the fair comparison.",
             "Threads: ultralytics' predictor calls torch.set_num_threads(cpu_count - 1) on first use, i.e. 1 "
             "thread on this 2-core machine, for the whole process. The headline runs every path with all cores "
             "(set back after that call); speedup_vs_naive_at_ultralytics_default_threads shows the naive loop "

@@ -20,6 +20,17 @@ from framesift_airflow.operators import (
 
 cfg = load_config()
 
+# new uploads trigger a run at once; the cron picks up what a run left for later
+# (batches over discovery.max_videos_per_run, videos whose pipeline stopped half way)
+uploads = uploads_asset(cfg)
+schedule = (
+    AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(cfg.discovery.drain_cron, timezone="UTC"), assets=[uploads]
+    )
+    if cfg.discovery.drain_cron
+    else [uploads]
+)
+
 DOC = """
 ### framesift_ingest
 
@@ -27,7 +38,7 @@ Turns new video uploads into the few frames worth labeling, on the labeling plat
 
 * **Triggers**: the `framesift_uploads` asset, whose watcher lists the videos prefix
   (`discovery.mode: list`) or reads S3 event notifications from SQS (`discovery.mode: sqs`);
-  every 15 minutes, to drain what earlier runs left (batches over
+  on `discovery.drain_cron` (every 15 minutes), to drain what earlier runs left (batches over
   `discovery.max_videos_per_run`, interrupted videos); or a manual run from the trigger
   form (prefix, budget, strategy preset, dry run).
 * **register_uploads**: upserts each upload into the Mongo `videos` registry (keyed by
@@ -61,11 +72,7 @@ with DAG(
     dag_id="framesift_ingest",
     description="New uploads -> frames -> detections -> selected frames -> labeling platform",
     doc_md=DOC,
-    # new uploads trigger a run at once; the cron picks up what a run left for later
-    # (batches over discovery.max_videos_per_run, videos whose pipeline stopped half way)
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC"), assets=[uploads_asset(cfg)]
-    ),
+    schedule=schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=4,

@@ -73,6 +73,8 @@ class DiscoveryConfig(_Section):
         default_factory=lambda: [".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts"]
     )
     max_videos_per_run: int = Field(256, ge=1, le=1024)
+    # also run on this cron, to drain what runs left (big batches, interrupted videos); null: uploads only
+    drain_cron: str | None = "*/15 * * * *"
 
     @model_validator(mode="after")
     def _sqs_needs_url(self) -> DiscoveryConfig:
@@ -125,6 +127,9 @@ class InferenceConfig(_Section):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 
 
+DEFAULT_PROPORTION = 0.1  # the budget when the config gives none: 10 % of the input frames
+
+
 class SelectionConfig(_Section):
     n_samples: int | None = Field(None, ge=1)
     proportion_samples: float | None = Field(None, gt=0, le=1)
@@ -135,9 +140,12 @@ class SelectionConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _upper_balance_strategy(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("balance_strategy"), str):
-            data = {**data, "balance_strategy": data["balance_strategy"].upper()}
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if isinstance(data.get("balance_strategy"), str):
+                data = {**data, "balance_strategy": data["balance_strategy"].upper()}
+            if data.get("n_samples") is None and data.get("proportion_samples") is None:
+                data = {**data, "proportion_samples": DEFAULT_PROPORTION}
         return data
 
     @model_validator(mode="after")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from framesift.selection import SelectionConfigError
+
 DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
 BALANCE = {
@@ -29,7 +31,7 @@ def selection_overrides(params: dict[str, Any]) -> dict[str, Any]:
         out.update(proportion_samples=float(proportion), n_samples=None)
     preset = params.get("preset") or "config"
     if preset not in PRESETS:
-        raise ValueError(f"unknown selection preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise SelectionConfigError(f"unknown selection preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if PRESETS[preset] is not None:
         out["strategies"] = PRESETS[preset]
     return out

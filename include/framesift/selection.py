@@ -83,8 +83,10 @@ check 10 %).
 
 **Scale.** Per pick: O(N) vector work (the product, the argmax, BALANCE's gains, in
 float32) plus, per 64 picks, one pass of ``X @ C.T``. 1M x 256-d, 1,000 picks of
-DIVERSITY x WEIGHTS x BALANCE: about 25-40 s on 2 cores, peak memory the matrix plus
-a few hundred MB (bench/bench_selection.py). TYPICALITY costs O(N x 10,000 x D) once.
+DIVERSITY x WEIGHTS x BALANCE on 2 shared cores: 41-56 s wall (38-40 s CPU) with a
+load average of 2-4 from other work, about 25 s on a quieter machine; peak RSS 1.6x the
+matrix, of which select's own allocations are 0.2x (bench/bench_selection.py).
+TYPICALITY costs O(N x 10,000 x D) once.
 """
 
 from __future__ import annotations

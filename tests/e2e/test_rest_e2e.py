@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+import requests
 import yaml
 
 from framesift import layout
@@ -280,7 +281,8 @@ def e2e_config(stack, tmp_path_factory):
                     "output_prefix": f"e2e-{tag}/out/",
                 },
                 "mongo": {"database": f"e2e_{tag}"},
-                "discovery": {"poll_interval_s": 2},
+                # uploads only: no cron run racing the asset-triggered one
+                "discovery": {"poll_interval_s": 2, "drain_cron": None},
                 "inference": {"imgsz": 320, "batch_size": 8},  # CPU here: small and quick
             }
         )
@@ -289,7 +291,7 @@ def e2e_config(stack, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def airflow(stack, e2e_config, tmp_path_factory):
+def airflow(stack, label_studio, e2e_config, tmp_path_factory):
     config_path, _ = e2e_config
     home = tmp_path_factory.mktemp("airflow-home")
     port = _free_port()
@@ -300,6 +302,7 @@ def airflow(stack, e2e_config, tmp_path_factory):
         if not (k.startswith("AIRFLOW__") or k.startswith("AIRFLOW_CONN_") or k == "AIRFLOW_HOME")
     }
     env.update(stack.env())  # AIRFLOW_CONN_AWS_DEFAULT / _MONGO_DEFAULT, ClearML offline settings
+    env.update(label_studio.connection_env())  # AIRFLOW_CONN_FRAMESIFT_LABELING
     env.update(
         {
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -350,7 +353,9 @@ def airflow(stack, e2e_config, tmp_path_factory):
         assert not survivors, f"processes survived stopping Airflow: {survivors}"
 
 
-def test_upload_triggers_asset_run_visible_through_rest_api(airflow, e2e_config, s3, mongo, tmp_path):
+def test_upload_triggers_asset_run_visible_through_rest_api(
+    airflow, label_studio, e2e_config, s3, mongo, tmp_path
+):
     _, cfg = e2e_config
     api = airflow.client
     run_id = None
@@ -403,6 +408,16 @@ def test_upload_triggers_asset_run_visible_through_rest_api(airflow, e2e_config,
         assert "extracted" in [h["status"] for h in doc["history"]], doc["history"]
         assert {h["run_id"] for h in doc["history"]} == {run_id}
         assert doc["frames"]["frames_written"] == 3  # 3 s at 1 fps
+        # the labeling platform: the video's selected frames are a task in Label Studio
+        assert doc["status"] == "pushed", doc
+        (rec,) = db.labeling_queue.find({"video_id": doc["_id"]})
+        assert rec["state"] == "pushed" and rec["Labeling status"] == "In queue"
+        task = requests.get(
+            f"{label_studio.url}/api/tasks/{rec['backend_ids'][0]}",
+            headers={"Authorization": f"Token {label_studio.token}"},
+            timeout=30,
+        ).json()
+        assert len(task["data"]["images"]) == len(doc["selected_frames"]) == rec["n_frames"] >= 1
         run_doc = db.runs.find_one({"_id": f"{DAG_ID}/{run_id}"})
         assert run_doc and run_doc["summary"]["videos"] == 1, run_doc
 

@@ -131,3 +131,10 @@ def test_empty_file_gives_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("")
     assert load_config(path).storage.videos_prefix == "videos/"
+
+
+def test_selection_budget_defaults_to_a_proportion_unless_given():
+    assert parse_config({}).selection.proportion_samples == 0.1
+    sel = parse_config({"selection": {"n_samples": 40}}).selection
+    assert sel.n_samples == 40 and sel.proportion_samples is None
+    assert parse_config({"proportionSamples": 0.3}).selection.proportion_samples == 0.3
