@@ -103,6 +103,26 @@ def ingest_run_spec(
     return spec
 
 
+def attach_outputs(
+    spec: RunSpec, s3, video_docs: list[dict[str, Any]], selection: dict[str, Any] | None, tmp_dir: str
+) -> None:
+    """Add the per-video manifests and the selection report (read from S3) as artifacts."""
+    from pathlib import Path
+
+    from framesift.storage import get_bytes, get_json, parse_s3_uri
+
+    manifests = []
+    for doc in video_docs:
+        if doc.get("manifest_uri"):
+            manifests.append(get_json(s3, *parse_s3_uri(doc["manifest_uri"])))
+    if manifests:
+        spec.artifacts.append({"name": "manifests", "object": {"manifests": manifests}})
+    if selection and selection.get("report_uri"):
+        path = Path(tmp_dir) / "selection_report.html"
+        path.write_bytes(get_bytes(s3, *parse_s3_uri(selection["report_uri"])))
+        spec.artifacts.append({"name": "selection_report", "path": str(path)})
+
+
 def save_run(
     db: Database, *, dag_id: str, run_id: str, summary: dict[str, Any], tracked: TrackedRun | None
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -278,7 +279,9 @@ class IngestSummaryOperator(BaseOperator):
             selection=selection,
         )
         try:
-            tracked = record_run(spec)
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.attach_outputs(spec, hook.s3, docs, selection, tmp)
+                tracked = record_run(spec)
         except Exception as exc:  # tracking must not lose the run's outcome
             self.log.warning(
                 "could not record the ClearML run (%s); the outcome is still saved in Mongo `runs`", exc

@@ -167,6 +167,8 @@ def check_run_record_and_clearml(dag, dr, db, cfg):
     plots = {(e["metric"], e["variant"]) for e in events if e["type"] == "plot"}
     assert {v for m, v in plots if m.startswith("embeddings")} == {"input", "selected"}
     assert any(n.endswith("artifacts/selection/selection.json") for n in names)
+    assert any(n.endswith("artifacts/manifests/manifests.json") for n in names)
+    assert any(n.endswith("artifacts/selection_report/selection_report.html") for n in names)
 
     # the UI resolves extra links like this: the serialized operator reads what the task
     # runner stored for the link after the task ran
@@ -176,6 +178,22 @@ def check_run_record_and_clearml(dag, dr, db, cfg):
     assert ClearMLRunLink.name in serialized.extra_links
     url = serialized.get_extra_links(dr.get_task_instance("summary"), ClearMLRunLink.name)
     assert url == doc["clearml"]["url"] == "file://" + doc["clearml"]["offline_zip"]
+
+    # the selection report link opens the report (a presigned URL of the S3 object)
+    import requests
+
+    from framesift_airflow.links import LabelingProjectLink, SelectionReportLink
+
+    select = SerializedDagModel.get_dag(dag.dag_id).get_task("select_frames")
+    report_url = select.get_extra_links(dr.get_task_instance("select_frames"), SelectionReportLink.name)
+    page = requests.get(report_url, timeout=30)
+    assert page.status_code == 200 and "<html" in page.text.lower() and "embeddings.png" in page.text
+    # each push task links to its sequence in the labeling platform
+    push = SerializedDagModel.get_dag(dag.dag_id).get_task("push_to_labeling")
+    pushed = {d["key"]: d["labeling"]["url"] for d in db.videos.find({"status": "pushed"})}
+    for ti in dr.get_task_instances():
+        if ti.task_id == "push_to_labeling":
+            assert push.get_extra_links(ti, LabelingProjectLink.name) == pushed[ti.rendered_map_index]
 
 
 def check_status_command(dr, cfg):
