@@ -98,8 +98,10 @@ def _ultralytics_yolo():
     var = os.environ.get("FRAMESIFT_VAR_DIR")
     if var:
         os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(var) / "ultralytics"))
-    from ultralytics import YOLO
+    from ultralytics import YOLO, settings
 
+    # no telemetry, and no ultralytics ClearML/MLflow callbacks: framesift records its own run
+    settings.update({"sync": False, "clearml": False, "mlflow": False})
     return YOLO
 
 
