@@ -133,8 +133,14 @@ def _select(s3, db, cfg, sid, run_id, docs, sel_cfg, spec) -> dict[str, Any]:
         categories=schema.get("categories"),
         task_name=docs[0]["inference"]["task_name"],
     )
-    budget = sel_cfg.n_samples or max(1, round((sel_cfg.proportion_samples or 0.1) * len(ids)))
-    budget = min(budget, len(ids))
+    if sel_cfg.n_samples and sel_cfg.n_samples > len(ids):
+        # a small batch is not a config error: take everything it has
+        log.warning(
+            "selection %s: n_samples %d > %d input frames; selecting all", sid, sel_cfg.n_samples, len(ids)
+        )
+        budget = len(ids)
+    else:
+        budget = spec.budget(len(ids))
     result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
 
     prefix = join_key(cfg.storage.output_prefix, "selections", sid)
