@@ -237,10 +237,13 @@ def _outcome(ref: VideoRef, doc: dict[str, Any], *, skipped: bool) -> dict[str, 
     }
 
 
-def summarize(db: Database, video_ids: Iterable[str]) -> dict[str, Any]:
-    """Counts over a run's videos, read back from the registry (the source of truth)."""
-    ids = list(video_ids)
-    docs = list(db[registry.VIDEOS].find({"_id": {"$in": ids}}, {"history": 0}))
+def run_videos(db: Database, video_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """A run's video records, read back from the registry (the source of truth)."""
+    return list(db[registry.VIDEOS].find({"_id": {"$in": list(video_ids)}}))
+
+
+def summarize(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over a run's video records."""
     by_status: dict[str, int] = {}
     frames = 0
     for d in docs:

@@ -55,6 +55,27 @@ REVIEWER = "Reviewer"
 LABELING_STATUS = "Labeling status"
 REVIEWING_STATUS = "Reviewing status"
 DATE = "date"
+# every pushed record has these: the book's fields, then the backend's and ours
+RECORD_FIELDS = (
+    NAME_DATASET,
+    LABELER,
+    REVIEWER,
+    LABELING_STATUS,
+    REVIEWING_STATUS,
+    DATE,
+    "backend",
+    "backend_ids",
+    "project_id",
+    "project_url",
+    "url",
+    "video_key",
+    "video_id",
+    "frames",
+    "selection_id",
+    "idempotency_key",
+    "pushed_at",
+    "state",
+)
 
 
 class PushInProgress(LabelingError):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from framesift.selection import SelectionConfigError
-
 DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
 BALANCE = {
@@ -23,6 +21,8 @@ PRESETS: dict[str, list[dict[str, Any]] | None] = {
 
 def selection_overrides(params: dict[str, Any]) -> dict[str, Any]:
     """SelectionConfig fields to replace for one run, from the trigger form's params."""
+    from framesift.selection import SelectionConfigError  # not at DAG parse time
+
     out: dict[str, Any] = {}
     n, proportion = params.get("n_samples"), params.get("proportion_samples")
     if n not in (None, "", "None"):

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -103,10 +103,6 @@ def get_json(s3, bucket: str, key: str) -> Any:
     return json.loads(get_bytes(s3, bucket, key))
 
 
-def download(s3, bucket: str, key: str, path: str | os.PathLike[str]) -> None:
-    s3.download_file(bucket, key, str(path))
-
-
 def upload(s3, path: str | os.PathLike[str], bucket: str, key: str) -> None:
     s3.upload_file(str(path), bucket, key)
 
@@ -116,11 +112,6 @@ def ensure_bucket(s3, bucket: str) -> None:
         s3.head_bucket(Bucket=bucket)
     except s3.exceptions.ClientError:
         s3.create_bucket(Bucket=bucket)
-
-
-def quote_key(key: str) -> str:
-    """A key as it appears in a URL path (for links in logs and reports)."""
-    return quote(key, safe="/")
 
 
 def unquote_event_key(key: str) -> str:

@@ -259,15 +259,14 @@ class IngestSummaryOperator(BaseOperator):
 
     def execute(self, context) -> dict[str, Any]:
         from framesift import runs
-        from framesift.ingest import summarize
+        from framesift.ingest import run_videos, summarize
         from framesift.tracking import record_run
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
         dag_id, run_id = context["dag"].dag_id, _run_id(context)
-        ids = [v["video_id"] for v in self.videos or []]
-        summary = summarize(hook.db, ids)
-        docs = list(hook.db["videos"].find({"_id": {"$in": ids}}))
+        docs = run_videos(hook.db, [v["video_id"] for v in self.videos or []])
+        summary = summarize(docs)
         sel_ids = {d["selection_id"] for d in docs if d.get("selection_id")}
         selection = hook.db["selections"].find_one({"_id": {"$in": sorted(sel_ids)}, "run_id": run_id})
         spec = runs.ingest_run_spec(

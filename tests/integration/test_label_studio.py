@@ -152,26 +152,7 @@ def test_push_creates_one_sequence_task_with_frames_and_predictions(label_studio
     rec = lq.push_exactly_once(db, backend, req, labeler=cfg.labeling.labeler, reviewer="rev@example.com")
 
     # the queue record has every field
-    for field in (
-        "Name dataset",
-        "Labeler",
-        "Reviewer",
-        "Labeling status",
-        "Reviewing status",
-        "date",
-        "backend",
-        "backend_ids",
-        "project_id",
-        "project_url",
-        "url",
-        "video_key",
-        "video_id",
-        "frames",
-        "selection_id",
-        "idempotency_key",
-        "pushed_at",
-        "state",
-    ):
+    for field in lq.RECORD_FIELDS:
         assert rec.get(field) not in (None, [], ""), field
     assert rec["state"] == lq.PUSHED and rec["backend"] == "label_studio"
     assert rec["Labeling status"] == IN_QUEUE and rec["Reviewing status"] == IN_QUEUE

@@ -368,7 +368,7 @@ def stub():
         s.close()
 
 
-SECRET = "0123456789abcdef0123456789abcdef01234567"
+SECRET = "fake-token-for-tests"  # not a credential; the tests check it never leaks
 
 
 def test_401_fails_fast_with_a_clear_message_and_no_token(stub):
@@ -536,26 +536,7 @@ def test_push_writes_the_record_before_the_platform_call(qdb):
     rec = lq.push_exactly_once(qdb, backend, make_request(), labeler="ann@x", reviewer="rev@x")
     assert seen["record"]["state"] == lq.PENDING  # the outbox record existed first
     assert rec["state"] == lq.PUSHED and rec["backend_ids"] == ["t1"]
-    for field in (
-        "Name dataset",
-        "Labeler",
-        "Reviewer",
-        "Labeling status",
-        "Reviewing status",
-        "date",
-        "backend",
-        "backend_ids",
-        "project_id",
-        "project_url",
-        "url",
-        "video_key",
-        "video_id",
-        "frames",
-        "selection_id",
-        "idempotency_key",
-        "pushed_at",
-        "state",
-    ):
+    for field in lq.RECORD_FIELDS:
         assert rec.get(field) is not None, field
     assert rec["Labeler"] == "ann@x" and rec["Labeling status"] == IN_QUEUE and rec["recovered"] is False
     names = {ix["name"] for ix in qdb[lq.COLLECTION].list_indexes()}
