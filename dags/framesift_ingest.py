@@ -13,9 +13,11 @@ from framesift_airflow.operators import (
     ExtractFramesOperator,
     InferOperator,
     IngestSummaryOperator,
+    PlanSelectionOperator,
     PushSequenceOperator,
     RegisterUploadsOperator,
     SelectFramesOperator,
+    SelectShardOperator,
 )
 
 cfg = load_config()
@@ -48,8 +50,13 @@ Turns new video uploads into the few frames worth labeling, on the labeling plat
 * **infer** (one per video, pool and Celery queue `gpu`): the detector over the frames, in
   batches; Lightly-format predictions under `frames/.lightly/predictions/` and an
   embedding per frame (`embeddings/<model>.npz`), from one forward pass.
-* **select_frames** (one for the batch): the selection engine over every inferred frame
-  (diversity x uncertainty x class balance by default, datapool-aware); the `selections`
+* **plan_selection** / **select_shard** (one per shard): only for batches over
+  `selection.shard_max_frames` frames (500,000 by default); otherwise `select_shard` is
+  *skipped*. Each shard (whole videos) keeps its best `shard_oversample` x budget frames,
+  stored in S3 for the merge.
+* **select_frames** (one for the batch): the selection engine over every inferred frame,
+  or a second greedy pass over the shards' winners (diversity x uncertainty x class
+  balance by default, datapool-aware); the `selections`
   record and an HTML report (link: *Selection report*). `dry_run` stops here.
 * **push_to_labeling** (one per video with selected frames): an image sequence with the
   model's boxes as pre-annotations on the labeling platform (link: *Labeling project*),
@@ -134,7 +141,14 @@ with DAG(
         # runs for every video whose extraction succeeded, whatever happened to the others
         trigger_rule="all_done",
     ).expand(video=extract.output)
+    plan = PlanSelectionOperator(task_id="plan_selection", videos=infer.output, trigger_rule="all_done")
+    shards = SelectShardOperator.partial(
+        task_id="select_shard",
+        map_index_template="shard {{ task.shard['shard'] }}",
+        execution_timeout=timedelta(hours=2),
+    ).expand(shard=plan.output)
     select = SelectFramesOperator(task_id="select_frames", videos=infer.output, trigger_rule="all_done")
+    shards >> select
     push = PushSequenceOperator.partial(
         task_id="push_to_labeling",
         map_index_template="{{ task.video['key'] }}",

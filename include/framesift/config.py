@@ -137,6 +137,11 @@ class SelectionConfig(_Section):
     balance: bool | dict[str, float] | None = None
     balance_strategy: Literal["TARGET", "UNIFORM", "INPUT"] | None = None
     random_seed: int = 0
+    # batches with more input frames are selected in shards (mapped tasks of at most this
+    # many frames, whole videos each) whose winners a second greedy pass merges
+    shard_max_frames: int = Field(500_000, ge=1)
+    # each shard keeps ceil(oversample x budget) winners for the merge
+    shard_oversample: float = Field(2.0, ge=1)
 
     @model_validator(mode="before")
     @classmethod

@@ -441,6 +441,8 @@ def parse_selection(
     """
     data = sel.model_dump() if hasattr(sel, "model_dump") else dict(sel or {})
     known = ("n_samples", "proportion_samples", "strategies", "balance", "balance_strategy", "random_seed")
+    # how a selection runs (shards), not what it selects
+    data = {k: v for k, v in data.items() if k not in ("shard_max_frames", "shard_oversample")}
     _unknown_keys("selection", data, known)
     strategies = parse_strategies(data.get("strategies") or [])
     defaulted = not strategies
@@ -1797,6 +1799,106 @@ def select_shard(
         winner_index=result.selected.copy(),
         result=result,
         input_totals=totals,
+    )
+
+
+_RESULT_ARRAYS = ("selected", "anchor", "objective_values", "raw_values")
+_FLAT_ARRAYS = ("frame", "category", "score", "probabilities", "has_probs", "bbox")
+
+
+def shard_to_bytes(shard: ShardResult) -> bytes:
+    """A shard's winners and result as one ``.npz`` (no pickle), to pass between workers."""
+    import io
+    import json
+
+    w, r = shard.winners, shard.result
+    arrays: dict[str, np.ndarray] = {
+        "frame_names": np.array(w.frame_names, dtype=str),
+        "video_keys": np.array(w.video_keys, dtype=str),
+        "frame_indices": np.asarray(w.frame_indices, dtype=np.int64),
+        "winner_index": np.asarray(shard.winner_index, dtype=np.int64),
+    }
+    if w.embeddings is not None:
+        arrays["embeddings"] = w.embeddings
+    if w.corrupt is not None:
+        arrays["corrupt"] = w.corrupt
+    for name in _RESULT_ARRAYS:
+        arrays[f"result.{name}"] = np.asarray(getattr(r, name))
+    flat = w.flat_predictions
+    if flat is not None:
+        for name in _FLAT_ARRAYS:
+            if getattr(flat, name) is not None:
+                arrays[f"flat.{name}"] = np.asarray(getattr(flat, name))
+    for group in ("scores", "metadata"):
+        for key, values in (getattr(w, group) or {}).items():
+            values = np.asarray(values)
+            arrays[f"{group}.{key}"] = values.astype(str) if values.dtype == object else values
+    info = {
+        "shard_id": shard.shard_id,
+        "task_name": w.task_name,
+        "categories": list(w.categories) if w.categories is not None else None,
+        "category_names": None if flat is None else list(flat.category_names),
+        "input_totals": {str(k): v for k, v in shard.input_totals.items()},
+        "result": {k: v for k, v in r.to_dict().items() if k not in _RESULT_ARRAYS},
+    }
+    arrays["info"] = np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def shard_from_bytes(data: bytes) -> ShardResult:
+    """The inverse of ``shard_to_bytes``."""
+    import io
+    import json
+
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    info = json.loads(arrays.pop("info").tobytes().decode())
+    n = len(arrays["frame_names"])
+    flat = None
+    if info["category_names"] is not None:
+        flat = scoring.FlatPredictions(
+            n_frames=n,
+            category_names=info["category_names"],
+            **{name: arrays.get(f"flat.{name}") for name in _FLAT_ARRAYS},
+        )
+
+    def group(prefix: str) -> dict[str, np.ndarray] | None:
+        found = {k[len(prefix) + 1 :]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+        return found or None
+
+    winners = SelectionInputs(
+        frame_names=arrays["frame_names"].tolist(),
+        embeddings=arrays.get("embeddings"),
+        video_keys=arrays["video_keys"].tolist(),
+        predictions=flat,
+        categories=info["categories"],
+        task_name=info["task_name"],
+        scores=group("scores"),
+        metadata=group("metadata"),
+        frame_indices=arrays["frame_indices"],
+        corrupt=arrays.get("corrupt"),
+    )
+    res = dict(info["result"])
+    result = SelectionResult(
+        **{name: arrays[f"result.{name}"] for name in _RESULT_ARRAYS},
+        selected_names=res["selected_names"],
+        objective_names=res["objective_names"],
+        stop_reason=res["stop_reason"],
+        budget=res["budget"],
+        timings=res["timings"],
+        counts=res["counts"],
+        sizes=res["sizes"],
+        balance=res["balance"],
+        spec=res["spec"],
+    )
+    return ShardResult(
+        shard_id=info["shard_id"],
+        winners=winners,
+        winner_index=arrays["winner_index"],
+        result=result,
+        input_totals={int(k): v for k, v in info["input_totals"].items()},
     )
 
 

@@ -151,8 +151,70 @@ class InferOperator(_PerVideoOperator):
         return self._continue_or_skip(outcome, (INFERRED,))
 
 
+def _video_refs(videos: Any) -> list:
+    from framesift.registry import VideoRef
+
+    return [VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")}) for v in videos or []]
+
+
+class PlanSelectionOperator(BaseOperator):
+    """Split a batch too big for one worker (``selection.shard_max_frames``) into shards.
+
+    Returns one item per shard for the mapped ``select_shard``; none (the usual case)
+    when ``select_frames`` can select the whole batch in one pass.
+    """
+
+    template_fields: Sequence[str] = ("videos",)
+    ui_color = "#e8fdf6"
+
+    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.videos = videos
+        self.config_path = config_path
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from framesift.presets import selection_overrides
+        from framesift.select_batch import plan_selection
+        from framesift_airflow.hooks import FramesiftHook
+
+        hook = FramesiftHook(self.config_path)
+        return plan_selection(
+            hook.s3,
+            hook.db,
+            hook.config,
+            _video_refs(self.videos),
+            run_id=_run_id(context),
+            overrides=selection_overrides(dict(context["params"])),
+        )
+
+
+class SelectShardOperator(BaseOperator):
+    """Greedy selection on one shard of the plan; its winners go to S3 for the merge."""
+
+    template_fields: Sequence[str] = ("shard",)
+    ui_color = "#e8fdf6"
+
+    def __init__(self, *, shard: dict[str, Any], config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+        self.config_path = config_path
+
+    def execute(self, context) -> str:
+        from framesift.select_batch import select_one_shard
+        from framesift_airflow.hooks import FramesiftHook
+
+        hook = FramesiftHook(self.config_path)
+        self.log.info(
+            "shard %s: %s frames of %s video(s)", self.shard["shard"], self.shard["frames"], self.shard["videos"]
+        )
+        return select_one_shard(
+            hook.s3, hook.db, hook.config, selection_id=self.shard["selection_id"], shard=self.shard["shard"]
+        )
+
+
 class SelectFramesOperator(BaseOperator):
-    """One selection over the run's inferred videos; returns one push item per video.
+    """One selection over the run's inferred videos (or the merge of its shards'
+    winners); returns one push item per video.
 
     The run's params (the trigger form) may override the budget (``n_samples`` or
     ``proportion_samples``) and pick a strategy ``preset``; ``dry_run`` stops here.
@@ -170,28 +232,28 @@ class SelectFramesOperator(BaseOperator):
     def execute(self, context) -> list[dict[str, Any]]:
         from framesift.presets import selection_overrides
         from framesift.push import push_items
-        from framesift.registry import VideoRef
         from framesift.select_batch import select_batch
         from framesift.storage import http_url
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
-        refs = [
-            VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")})
-            for v in self.videos or []
-        ]
         params = dict(context["params"])
-        overrides = selection_overrides(params)
         record = select_batch(
-            hook.s3, hook.db, hook.config, refs, run_id=_run_id(context), overrides=overrides
+            hook.s3,
+            hook.db,
+            hook.config,
+            _video_refs(self.videos),
+            run_id=_run_id(context),
+            overrides=selection_overrides(params),
         )
         if record.get("report_uri"):
             SelectionReportLink.persist(context, http_url(hook.s3, record["report_uri"]))
         self.log.info(
-            "selected %d of %s frames from %d video(s); report: %s",
+            "selected %d of %s frames from %d video(s)%s; report: %s",
             len(record.get("selected", [])),
             record.get("n_input", 0),
             len(record.get("videos", [])),
+            f" (merged from {len(record['shards'])} shards)" if record.get("shards") else "",
             record.get("report_uri"),
         )
         if params.get("dry_run"):

@@ -4,15 +4,17 @@ import pytest
 
 from framesift import layout
 from framesift.stack import project_root
-from framesift.storage import list_objects, upload
+from framesift.storage import get_bytes, list_objects, parse_s3_uri, upload
 from framesift.synth import make_video
 from tests.videofaults import corrupted_copy, text_file
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ingest_dag():
+    # a fresh DAG per test: dag.test() renders templates onto the task objects themselves,
+    # so a manual run's prefix would otherwise stick to the next test's runs
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(project_root() / "dags"))
@@ -249,3 +251,42 @@ def check_selection_and_push(s3, db, cfg, states, info):
     task_id = queue[0]["backend_ids"][0]
     task = requests.get(f"{info.url}/api/tasks/{task_id}", headers=headers, timeout=30).json()
     assert len(task["data"]["images"]) == queue[0]["n_frames"]
+
+
+def test_big_batch_is_selected_in_shards_as_mapped_tasks(ingest_dag, s3, db, isolated, tmp_path):
+    """Over `shard_max_frames`, selection runs per shard (mapped tasks) and a merge task."""
+    import os
+
+    import yaml
+
+    path = os.environ["FRAMESIFT_CONFIG"]
+    data = yaml.safe_load(open(path))
+    data["selection"].update(shard_max_frames=10, shard_oversample=2.0)
+    with open(path, "w") as f:
+        yaml.safe_dump(data, f)
+    for i in range(3):  # 8 frames each at 1 fps: one video per shard
+        clip = make_video(tmp_path / f"v{i}.mp4", seconds=8, fps=10, seed=20 + i)
+        upload(s3, clip, isolated.storage.bucket, isolated.storage.videos_prefix + f"v{i}.mp4")
+
+    dr, states = run(ingest_dag, n_samples=3, dry_run=True)
+    assert dr.state == "success", states
+    assert [states.get(f"select_shard[{i}]") for i in range(3)] == ["success"] * 3, states
+    assert {ti.rendered_map_index for ti in dr.get_task_instances() if ti.task_id == "select_shard"} == {
+        "shard 0",
+        "shard 1",
+        "shard 2",
+    }
+    (sel,) = db.selections.find()
+    assert sel["state"] == "done" and sel["n_input"] == 24 and sel["sizes"]["Input"]["Image"] == 24
+    # each shard kept 2 x budget of its 8 frames; the merge picked the budget from their 18
+    assert [(s["frames"], s["winners"]) for s in sel["shards"]] == [(8, 6)] * 3
+    assert len(sel["selected"]) == len(set(sel["selected"])) == 3
+    video_ids = {d["_id"] for d in db.videos.find()}
+    assert {f.split("/", 1)[0] for f in sel["selected"]} <= video_ids
+    assert {d["status"] for d in db.videos.find()} <= {"selected", "not_selected"}
+    assert "merged from 3 shards" in get_bytes(s3, *parse_s3_uri(sel["report_uri"])).decode()
+
+    # a second run finds nothing new: no plan, the shard tasks are skipped
+    dr2, states2 = run(ingest_dag, n_samples=3, dry_run=True)
+    assert dr2.state == "success", states2
+    assert states2["select_shard"] == "skipped" and db.selections.count_documents({}) == 1

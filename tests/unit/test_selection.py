@@ -22,6 +22,8 @@ from framesift.selection import (
     parse_strategy,
     select,
     select_shard,
+    shard_from_bytes,
+    shard_to_bytes,
 )
 
 CATS = [{"id": 0, "name": "car"}, {"id": 1, "name": "person"}, {"id": 2, "name": "bike"}]
@@ -818,6 +820,50 @@ def test_sharded_balance_input_distribution_uses_all_shards():
         sorted(weather[int(i) + (30 if sid == "b" else 0)] for sid, i in merged.merged_from).count("rain")
         == 2
     )
+
+
+def test_shard_survives_the_trip_between_workers():
+    """A shard written by one task and read by another merges exactly like the original."""
+    rng = np.random.default_rng(3)
+    n = 300
+    x = _clustered(n, d=8, seed=3)
+    preds = []
+    for _ in range(n):
+        boxes = []
+        for _ in range(int(rng.integers(0, 3))):
+            p = rng.dirichlet(np.ones(3))
+            c = int(p.argmax())
+            boxes.append(
+                {"category_id": c, "bbox": [1, 2, 3, 4], "score": float(p[c]), "probabilities": p.tolist()}
+            )
+        preds.append(boxes)
+    inp = SelectionInputs(
+        names(n), x, predictions=preds, categories=CATS, metadata={"weather": rng.choice(["sun", "rain"], n)}
+    )
+    s = spec(
+        [
+            DIV,
+            {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}},
+            {
+                "input": {"type": "PREDICTIONS", "name": "CLASS_DISTRIBUTION"},
+                "strategy": {"type": "BALANCE", "distribution": "INPUT"},
+            },
+        ],
+        n_samples=20,
+    )
+    parts = np.array_split(np.arange(n), 3)
+    shards = [select_shard(inp.subset(p), s, total_frames=n, shard_id=str(j)) for j, p in enumerate(parts)]
+    copies = [shard_from_bytes(shard_to_bytes(sh)) for sh in shards]
+    for a, b in zip(shards, copies, strict=True):
+        assert b.winners.frame_names == a.winners.frame_names and b.shard_id == a.shard_id
+        np.testing.assert_array_equal(b.winners.embeddings, a.winners.embeddings)
+        np.testing.assert_array_equal(b.winner_index, a.winner_index)
+        assert b.input_totals == a.input_totals and b.result.counts == a.result.counts
+    merged, merged_copy = merge_shards(shards, s), merge_shards(copies, s)
+    assert merged_copy.selected_names == merged.selected_names and len(merged.selected) == 20
+    assert merged_copy.merged_from == merged.merged_from
+    np.testing.assert_allclose(merged_copy.objective_values, merged.objective_values)
+    assert merged_copy.balance[0]["input"] == pytest.approx(merged.balance[0]["input"])
 
 
 # --- properties ----------------------------------------------------------------------
