@@ -157,20 +157,25 @@ def _video_refs(videos: Any) -> list:
     return [VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")}) for v in videos or []]
 
 
-class PlanSelectionOperator(BaseOperator):
+class _BatchOperator(BaseOperator):
+    """Base of the once-per-run stages: the list of the run's ``videos`` (dicts) in."""
+
+    template_fields: Sequence[str] = ("videos",)
+
+    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.videos = videos
+        self.config_path = config_path
+
+
+class PlanSelectionOperator(_BatchOperator):
     """Split a batch too big for one worker (``selection.shard_max_frames``) into shards.
 
     Returns one item per shard for the mapped ``select_shard``; none (the usual case)
     when ``select_frames`` can select the whole batch in one pass.
     """
 
-    template_fields: Sequence[str] = ("videos",)
     ui_color = "#e8fdf6"
-
-    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.videos = videos
-        self.config_path = config_path
 
     def execute(self, context) -> list[dict[str, Any]]:
         from framesift.presets import selection_overrides
@@ -212,7 +217,7 @@ class SelectShardOperator(BaseOperator):
         )
 
 
-class SelectFramesOperator(BaseOperator):
+class SelectFramesOperator(_BatchOperator):
     """One selection over the run's inferred videos (or the merge of its shards'
     winners); returns one push item per video.
 
@@ -220,14 +225,8 @@ class SelectFramesOperator(BaseOperator):
     ``proportion_samples``) and pick a strategy ``preset``; ``dry_run`` stops here.
     """
 
-    template_fields: Sequence[str] = ("videos",)
     operator_extra_links = (SelectionReportLink(),)
     ui_color = "#e8fdf6"
-
-    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.videos = videos
-        self.config_path = config_path
 
     def execute(self, context) -> list[dict[str, Any]]:
         from framesift.presets import selection_overrides
@@ -305,19 +304,13 @@ class PushSequenceOperator(_PerVideoOperator):
         return out
 
 
-class IngestSummaryOperator(BaseOperator):
+class IngestSummaryOperator(_BatchOperator):
     """The run's outcome: a summary read back from the registry, a ClearML task, a ``runs``
     record for ``framesift status``. Fails the run if a video failed (not if one was
     quarantined: that is a data problem with its own record)."""
 
-    template_fields: Sequence[str] = ("videos",)
     operator_extra_links = (ClearMLRunLink(),)
     ui_color = "#eefde8"
-
-    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.videos = videos
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         from framesift import runs
