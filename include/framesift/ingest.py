@@ -195,11 +195,13 @@ def infer_one(
 
     def work():
         from framesift.inference import run_inference  # torch/ultralytics load only here
+        from framesift.training import serving_config
 
         current = registry.get(db, ref.video_id) or {}
         bucket, key = parse_s3_uri(current["manifest_uri"])
         manifest = get_json(s3, bucket, key)
-        summary = run_inference(s3, cfg, manifest, detector=detector, log=log)
+        # the champion of the model registry, when there is one (training.serve_champion)
+        summary = run_inference(s3, serving_config(db, cfg, log), manifest, detector=detector, log=log)
         keep = (
             "frames",
             "frames_failed",

@@ -51,6 +51,7 @@ def make_video(
     static_start_s: float = 1.0,
     n_objects: int = 5,
     seed: int = 0,
+    kinds: list[str] | None = None,
 ) -> Path:
     """Write a synthetic clip to ``path`` and return the path.
 
@@ -60,7 +61,9 @@ def make_video(
     convention, what :attr:`av.VideoFrame.rotation` reads back); the pixels are stored
     unrotated. ``vfr``: the first half of the clip runs at ``2 * fps`` and the second at
     ``fps / 2``, with timestamps in a 1/90000 time base. ``static_segment_s``: this many
-    seconds from ``static_start_s`` on repeat one identical frame.
+    seconds from ``static_start_s`` on repeat one identical frame. ``kinds``: the class of
+    each object (default: the classes in turn), e.g. to make a clip with class imbalance;
+    :func:`ground_truth` gives the boxes of any frame of the clip.
     """
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -72,7 +75,7 @@ def make_video(
         options["x264-params"] = f"{x264}:{options['x264-params']}" if "x264-params" in options else x264
 
     times = _frame_times(seconds, fps, vfr)
-    painter = _Painter(width, height, n_objects, rng)
+    painter = _Painter(width, height, n_objects, rng, kinds)
 
     with av.open(str(path), "w", format=container_format, options=container_options or {}) as out:
         if vfr:
@@ -120,14 +123,21 @@ def _frame_times(seconds: float, fps: float, vfr: bool) -> list[float]:
 class _Painter:
     """Draws frame ``t`` of the clip; deterministic given the random generator."""
 
-    def __init__(self, width: int, height: int, n_objects: int, rng: np.random.Generator):
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        n_objects: int,
+        rng: np.random.Generator,
+        kinds: list[str] | None = None,
+    ):
         self.width, self.height = width, height
         # smooth noise texture twice the frame size; each frame shows a drifting window
         noise = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1), dtype=np.uint8)
         texture = cv2.resize(noise, (2 * width, 2 * height), interpolation=cv2.INTER_CUBIC)
         self.texture = cv2.GaussianBlur(texture, (0, 0), 2)
         self._ramp = np.arange(256, dtype=np.float32)
-        kinds = list(CLASS_COLOURS)
+        kinds = list(kinds or CLASS_COLOURS)
         self.objects = [
             {
                 "kind": kinds[i % len(kinds)],
@@ -139,6 +149,24 @@ class _Painter:
             }
             for i in range(n_objects)
         ]
+
+    def _placed(self, t: float):
+        """(object, centre x, centre y, radius) of each object at time ``t``, in pixels."""
+        w, h = self.width, self.height
+        for obj in self.objects:
+            r = obj["size"] * min(w, h)
+            yield obj, _bounce(obj["x"] + obj["vx"] * t) * w, _bounce(obj["y"] + obj["vy"] * t) * h, r
+
+    def boxes(self, t: float) -> list[tuple[str, tuple[int, int, int, int]]]:
+        """(class, (x, y, w, h) pixels clipped to the frame) of each object drawn at ``t``."""
+        out = []
+        for obj, cx, cy, r in self._placed(t):
+            half_h = r * 0.7 if obj["kind"] == "box" else r
+            x0, y0 = max(0, int(cx - r)), max(0, int(cy - half_h))
+            x1, y1 = min(self.width, int(cx + r)), min(self.height, int(cy + half_h))
+            if x1 > x0 and y1 > y0:
+                out.append((obj["kind"], (x0, y0, x1 - x0, y1 - y0)))
+        return out
 
     def paint(self, t: float) -> np.ndarray:
         w, h = self.width, self.height
@@ -167,6 +195,21 @@ class _Painter:
                 pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], dtype=np.int32)
                 cv2.fillConvexPoly(image, pts, colour)
         return image
+
+
+def ground_truth(
+    times: list[float],
+    *,
+    width: int = 320,
+    height: int = 240,
+    n_objects: int = 5,
+    seed: int = 0,
+    kinds: list[str] | None = None,
+) -> list[list[tuple[str, tuple[int, int, int, int]]]]:
+    """The true boxes at each of ``times`` (seconds) of the clip ``make_video`` writes with
+    the same size, objects, seed and kinds (the painter is rebuilt from the same seed)."""
+    painter = _Painter(width, height, n_objects, np.random.default_rng(seed), kinds)
+    return [painter.boxes(t) for t in times]
 
 
 def _bounce(x: float) -> float:
