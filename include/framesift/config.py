@@ -172,9 +172,68 @@ class TrackingConfig(_Section):
     offline: bool = True
 
 
+METRICS = ("map50_95", "map50", "precision", "recall", "accuracy")
+
+
+class BudgetConfig(_Section):
+    """Spending limits of the loop; null: no limit."""
+
+    max_labels: int | None = Field(None, ge=0)  # labeled frames in all
+    cost_per_label: float = Field(0.0, ge=0)  # what one labeled frame costs
+    max_cost: float | None = Field(None, ge=0)
+    max_gpu_hours: float | None = Field(None, ge=0)  # training time of every model so far
+
+
 class EvaluationConfig(_Section):
+    """Stopping criteria: every retrain gate checks them all and writes a `decisions` record."""
+
+    # the fixed, versioned test set: an s3:// URI of a test set's data.yaml (framesift writes
+    # a manifest.json beside it with its version); null: no test set yet, the gate holds
+    test_set: str | None = None
+    # met when every one holds (>=); detection: map50_95, map50, precision, recall; accuracy is
+    # the share of test frames whose predictions match the labels exactly (the book's 0.95)
     targets: dict[str, float] = Field(default_factory=lambda: {"map50_95": 0.5})
-    min_new_labels: int = Field(50, ge=0)
+    stability_k: int = Field(2, ge=1)  # targets met on this many consecutive evaluations
+    metric: str = "map50_95"  # the metric that diminishing returns, overfitting and promotion use
+    diminishing_k: int | None = Field(3, ge=1)  # rounds looked back over; null: off
+    diminishing_epsilon: float = Field(0.005, ge=0)  # stop when the metric gained less than this
+    max_train_test_gap: float | None = Field(0.3, ge=0)  # hold when train - test exceeds it; null: off
+    min_new_labels: int = Field(50, ge=0)  # hold until this many frames were labeled since the last training
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> EvaluationConfig:
+        unknown = sorted({*self.targets, self.metric} - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+        return self
+
+
+class TrainingConfig(_Section):
+    """Retraining with ultralytics from a training-set version, and the model registry."""
+
+    # champion: fine-tune the current champion; else a checkpoint path/s3 URI, or an
+    # ultralytics model yaml (e.g. yolov8n.yaml: random weights); null: the inference default
+    base_model: str | None = "champion"
+    epochs: int = Field(30, ge=1)
+    imgsz: int = Field(640, ge=32)
+    batch: int = Field(16, ge=1)
+    device: str = "auto"
+    workers: int = Field(0, ge=0)  # dataloader processes (0: in the task's process)
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # of a training-set version, by frame-name hash
+    seed: int = 0
+    promotion_margin: float = Field(0.01, ge=0)  # challenger must beat the champion by this (metric)
+    serve_champion: bool = True  # inference uses the champion model when there is one
+
+
+class ReviewConfig(_Section):
+    """Model-label disagreement review and annotator quality."""
+
+    match_iou: float = Field(0.5, gt=0, le=1)  # a prediction and a label are the same object
+    localisation_iou: float = Field(0.75, gt=0, le=1)  # below it a matched box is poorly localised
+    disagreement_threshold: float = Field(0.5, ge=0)  # issues per object above which a frame is reviewed
+    min_accuracy: float = Field(0.90, ge=0, le=1)  # annotator targets on control frames
+    min_kappa: float = Field(0.80, ge=-1, le=1)
 
 
 class DriftConfig(_Section):
@@ -193,6 +252,8 @@ class PipelineConfig(_Section):
     labeling: LabelingConfig = Field(default_factory=LabelingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
