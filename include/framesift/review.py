@@ -268,3 +268,73 @@ def majority_vote(per_annotator: Sequence[Sequence[Any]], min_iou: float = 0.5) 
         mean = tuple(round(sum(b[k] for _, (_, b) in g) / len(g), 2) for k in range(4))
         out.append((cls, mean))
     return out
+
+
+# ------------------------------------------------------------------ the labels DAG's review step
+
+CONTROL_LABELS = "control_labels"  # known labels of control frames: {_id: <video_id>/<frame>, boxes}
+
+
+def review_labels(s3, db, cfg, *, version: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+    """Review the labels that went into training-set ``version`` (default: every label not
+    reviewed yet) against the model's predictions made at ingest (Lightly files in S3), and
+    measure annotators on the control frames among them (Mongo ``control_labels``)."""
+    from framesift import predictions as P
+    from framesift.trainset import LABELS
+
+    query: dict[str, Any] = {"reviewed": {"$ne": True}}
+    if version:
+        query["version"] = version
+    docs = list(db[LABELS].find(query))
+    task = cfg.inference.task_name
+    cache: dict[str, tuple[dict[str, Any], dict[int, str]]] = {}
+    frames = []
+    for d in docs:
+        vid = d["video_id"]
+        if vid not in cache:
+            try:
+                schema = P.read_schema(s3, cfg, vid, task)
+                cache[vid] = (
+                    P.read_predictions(s3, cfg, vid, task),
+                    {int(c["id"]): c["name"] for c in schema["categories"]},
+                )
+            except Exception:  # no predictions for this video (e.g. labeled outside the ingest)
+                cache[vid] = ({}, {})
+        preds, cats = cache[vid]
+        if d["frame_name"] not in preds:
+            continue
+        frames.append(
+            {
+                "_id": d["_id"],
+                "frame_name": d["frame_name"],
+                "annotation_id": d.get("annotation_id"),
+                "labels": [(b["class_name"], b["bbox"]) for b in d.get("boxes") or []],
+                "predictions": [
+                    (cats.get(int(p["category_id"]), str(p["category_id"])), p["bbox"])
+                    for p in preds[d["frame_name"]]
+                ],
+            }
+        )
+    summary = review_frames(db, cfg.review, frames, run_id=run_id)
+    control = {
+        c["_id"]: c["boxes"] for c in db[CONTROL_LABELS].find({"_id": {"$in": [d["_id"] for d in docs]}})
+    }
+    quality = annotator_quality(
+        [
+            {"frame_name": d["_id"], "annotator": d.get("annotator"), "boxes": d.get("boxes") or []}
+            for d in docs
+        ],
+        control,
+        cfg.review,
+    )
+    if quality:
+        record_quality(db, quality, run_id=run_id)
+    if docs:
+        db[LABELS].update_many({"_id": {"$in": [d["_id"] for d in docs]}}, {"$set": {"reviewed": True}})
+    summary.pop("flagged_ids", None)
+    return {
+        **summary,
+        "labels": len(docs),
+        "without_predictions": len(docs) - len(frames),
+        "annotators": quality,
+    }

@@ -356,3 +356,38 @@ def promote(
     )
     log.info("promotion of %s: %s (%s)", model_id, "yes" if promoted else "no", reason)
     return result
+
+
+def run_spec(db: Database, cfg: PipelineConfig, run_id: str, decision: Mapping[str, Any] | None = None):
+    """The ClearML training task of one retrain run: config, lineage, metrics, promotion."""
+    from framesift.tracking import RunSpec
+
+    doc = db[MODELS].find_one({"run_id": run_id}, sort=[("created_at", -1)]) or {}
+    spec = RunSpec(
+        project=cfg.tracking.project_name,
+        task_name=f"framesift_retrain {run_id}",
+        task_type="training",
+        tags=["framesift", "retrain", str(doc.get("status", "not trained"))],
+        offline=cfg.tracking.offline,
+        config={"training": cfg.training.model_dump(), "evaluation": cfg.evaluation.model_dump()},
+        params={
+            "run_id": run_id,
+            "model_id": doc.get("_id"),
+            "status": doc.get("status"),
+            "trainset_version": doc.get("trainset_version"),
+            "parent_model": doc.get("parent_model"),
+            "checkpoint": doc.get("uri"),
+            "test_set_version": doc.get("test_set_version"),
+            "promoted": (doc.get("promotion") or {}).get("promoted"),
+            "promotion_reason": (doc.get("promotion") or {}).get("reason"),
+            "error": doc.get("error"),
+            "decision_after": (decision or {}).get("outcome"),
+        },
+    )
+    for name, value in (doc.get("metrics") or {}).items():
+        spec.scalar("test", name, value)
+    for name, value in (doc.get("train_metrics") or {}).items():
+        spec.scalar("train", name, value)
+    if doc.get("train_seconds") is not None:
+        spec.scalar("cost", "train_seconds", doc["train_seconds"])
+    return spec

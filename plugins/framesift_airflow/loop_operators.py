@@ -1,0 +1,211 @@
+"""Operators of the labels and retrain DAGs: glue that gets clients from FramesiftHook and
+calls the core (labeling_queue, trainset, review, evaluation, training, tracking)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.standard.operators.python import ShortCircuitOperator
+from airflow.sdk import Asset, BaseOperator
+from airflow.sdk.exceptions import AirflowSkipException
+
+# a new training-set version: emitted by framesift_labels, schedules framesift_retrain
+LABELS_ASSET = Asset(name="framesift/labels", uri="framesift://labels")
+
+
+def _hook(config_path):
+    from framesift_airflow.hooks import FramesiftHook
+
+    return FramesiftHook(config_path)
+
+
+def _work_dir() -> str:
+    from framesift.stack import var_dir
+
+    path = var_dir() / "work" / "training"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+class _LoopOperator(BaseOperator):
+    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+
+
+class SyncLabelsOperator(_LoopOperator):
+    """Labeling/Reviewing status of the open `labeling_queue` records, from the platform."""
+
+    ui_color = "#fdf3e8"
+
+    def execute(self, context) -> dict[str, int]:
+        from framesift.labeling_queue import sync_status
+
+        hook = _hook(self.config_path)
+        counts = sync_status(hook.db, hook.labeling_backend())
+        self.log.info("labeling queue: %s", counts)
+        return counts
+
+
+class ExportTrainingSetOperator(_LoopOperator):
+    """Finished annotations -> Mongo `labels` -> a new training-set version in S3 (if any changed)."""
+
+    ui_color = "#fdf3e8"
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.trainset import export
+
+        hook = _hook(self.config_path)
+        out = export(hook.s3, hook.db, hook.config, hook.labeling_backend(), run_id=context["run_id"])
+        self.log.info("export: %s", out)
+        return out
+
+
+class ReviewLabelsOperator(_LoopOperator):
+    """Model-label disagreements of the new labels (-> `review_queue`), annotator quality,
+    and a ClearML task with the counts."""
+
+    template_fields = ("export",)
+    ui_color = "#fdf3e8"
+
+    def __init__(self, *, export: Any = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.export = export
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.review import review_labels
+        from framesift.tracking import RunSpec, record_run
+
+        hook = _hook(self.config_path)
+        version = (self.export or {}).get("version")
+        if not version:
+            raise AirflowSkipException("no new training-set version: nothing to review")
+        summary = review_labels(hook.s3, hook.db, hook.config, version=version, run_id=context["run_id"])
+        self.log.info("review of %s: %s", version, {k: v for k, v in summary.items() if k != "annotators"})
+        spec = RunSpec(
+            project=hook.config.tracking.project_name,
+            task_name=f"framesift_labels {context['run_id']}",
+            task_type="qc",
+            tags=["framesift", "labels", version],
+            offline=hook.config.tracking.offline,
+            params={"trainset_version": version, "review": hook.config.review.model_dump()},
+        )
+        for key in ("reviewed", "flagged", "missed", "spurious", "class_swaps", "poor_localisation"):
+            spec.scalar("review", key, summary.get(key, 0))
+        for who, q in summary["annotators"].items():
+            spec.scalar("annotator accuracy", who, q["accuracy"])
+            spec.scalar("annotator kappa", who, q["kappa"])
+        summary["clearml"] = record_run(spec).url
+        return summary
+
+
+class PublishLabelsOperator(_LoopOperator):
+    """Emits the `framesift/labels` asset (its outlet) when a new training-set version was
+    written; skipped otherwise, so no retrain run is scheduled for nothing."""
+
+    template_fields = ("export",)
+
+    def __init__(self, *, export: Any = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.export = export
+
+    def execute(self, context) -> dict[str, Any]:
+        export = self.export or {}
+        if not export.get("version"):
+            raise AirflowSkipException("no new labels")
+        for outlet in self.outlets:
+            context["outlet_events"][outlet].extra = {"version": export["version"], "uri": export["uri"]}
+        return {"version": export["version"], "uri": export["uri"]}
+
+
+class RetrainGateOperator(ShortCircuitOperator):
+    """The stopping criteria: writes the `decisions` document; continue lets the rest of the
+    DAG run, hold and stop skip it (the gate itself succeeds, its log shows the decision)."""
+
+    ui_color = "#f0e8fd"
+
+    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(python_callable=self._decide, ignore_downstream_trigger_rules=True, **kwargs)
+        self.config_path = config_path
+
+    def _decide(self, **context) -> bool:
+        from framesift.evaluation import CONTINUE, format_decision, gate
+
+        hook = _hook(self.config_path)
+        decision = gate(hook.s3, hook.db, hook.config, run_id=context["run_id"])
+        self.log.info("%s", format_decision(decision))
+        context["ti"].xcom_push(key="decision", value={"id": decision["_id"], "outcome": decision["outcome"]})
+        return decision["outcome"] == CONTINUE
+
+
+class TrainOperator(_LoopOperator):
+    """Train on the latest training-set version; a failure is recorded and the champion stays."""
+
+    ui_color = "#e8fde9"
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.training import train_model
+
+        hook = _hook(self.config_path)
+        doc = train_model(hook.s3, hook.db, hook.config, run_id=context["run_id"], work_dir=_work_dir())
+        return {"model_id": doc["_id"], "uri": doc["uri"], "trainset_version": doc["trainset_version"]}
+
+
+class EvaluateOperator(_LoopOperator):
+    """The new model on the fixed test set (and its training frames)."""
+
+    template_fields = ("model",)
+    ui_color = "#e8fde9"
+
+    def __init__(self, *, model: Any = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.training import evaluate_model
+
+        hook = _hook(self.config_path)
+        out = evaluate_model(hook.s3, hook.db, hook.config, self.model["model_id"], work_dir=_work_dir())
+        self.log.info("test metrics (%s): %s", out["test_set_version"], out["metrics"])
+        return {"model_id": self.model["model_id"], **out}
+
+
+class PromoteOperator(_LoopOperator):
+    """Champion only if better by the margin; then the criteria again on the new numbers."""
+
+    template_fields = ("model",)
+    ui_color = "#e8fde9"
+
+    def __init__(self, *, model: Any = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model = model
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.evaluation import format_decision, gate
+        from framesift.training import promote
+
+        hook = _hook(self.config_path)
+        result = promote(
+            hook.s3,
+            hook.db,
+            hook.config,
+            self.model["model_id"],
+            work_dir=_work_dir(),
+            run_id=context["run_id"],
+        )
+        self.log.info("promotion: %s", result["reason"])
+        after = gate(hook.s3, hook.db, hook.config, run_id=context["run_id"], kind="after_evaluation")
+        self.log.info("%s", format_decision(after))
+        return {**result, "decision_after": after["outcome"], "decision_id": after["_id"]}
+
+
+class RecordTrainingRunOperator(_LoopOperator):
+    """One ClearML training task per retrain run, whatever happened to the training."""
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.tracking import record_run
+        from framesift.training import run_spec
+
+        hook = _hook(self.config_path)
+        tracked = record_run(run_spec(hook.db, hook.config, context["run_id"]))
+        return {"task_id": tracked.task_id, "url": tracked.url}
