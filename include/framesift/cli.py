@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -144,6 +145,26 @@ def cmd_demo(args) -> int:
     return run_demo(keep_stack=args.keep)
 
 
+def cmd_simulate(args) -> int:
+    from framesift.simulate import SimSettings, run_local
+
+    settings = SimSettings(
+        rounds=args.rounds,
+        videos_per_round=args.videos_per_round,
+        budget_per_round=args.budget,
+        seed_labels=args.seed_labels,
+        epochs=args.epochs,
+        imgsz=args.imgsz,
+        error_rate=args.error_rate,
+        seed=args.seed,
+    )
+    result = run_local(settings, args.out)
+    print((Path(args.out) / "table.txt").read_text())
+    print("label efficiency:", result["efficiency"])
+    print(f"saved: {args.out}/simulation.json, table.txt, map_per_round.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="framesift", description=__doc__)
@@ -177,6 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run framesift_ingest on the embedded stack with sample videos")
     p.add_argument("--keep", action="store_true", help="keep the stack running afterwards until Ctrl-C")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="the closed loop on generated videos vs uniform and random sampling")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--videos-per-round", type=int, default=2)
+    p.add_argument("--budget", type=int, default=8, help="frames labeled per round, by each strategy")
+    p.add_argument("--seed-labels", type=int, default=8, help="labels of the shared first model")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--imgsz", type=int, default=160)
+    p.add_argument("--error-rate", type=float, default=0.0, help="the scripted annotator's error rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(stack.var_dir() / "simulate"))
+    p.set_defaults(func=cmd_simulate)
 
     args = parser.parse_args(argv)
     return args.func(args)
