@@ -32,10 +32,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.installed
 AIRFLOW_DB := $(AIRFLOW_HOME)/airflow.db
 
-.PHONY: help venv airflow-db labelstudio test test-quick demo up down env lint bench clean
+.PHONY: help venv airflow-db labelstudio test test-quick demo demo-loop up down env lint bench clean
 
 help:
 	@echo "make demo        run framesift_ingest on the embedded local stack"
+	@echo "make demo-loop   the closed loop (label, gate, retrain) on generated videos vs baselines"
 	@echo "make test        run all tests (unit, integration, DAG runs)"
 	@echo "make test-quick  skip the slow integration tests"
 	@echo "make up / down   start / stop the embedded stack in the background"
@@ -76,6 +77,10 @@ test-quick: $(AIRFLOW_DB)
 
 demo: $(AIRFLOW_DB)
 	$(PY) -m framesift.cli demo
+
+# framesift simulate, small enough for a laptop CPU (~5 min): prints the per-round table
+demo-loop: $(AIRFLOW_DB)
+	$(PY) -m framesift.cli simulate --rounds 2 --videos-per-round 1 --budget 6 --seed-labels 6 --epochs 5 --imgsz 128
 
 up: $(STAMP)
 	$(PY) -m framesift.cli stack up
