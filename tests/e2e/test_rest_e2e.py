@@ -56,13 +56,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _env_words(cmd: str) -> str:
+    words = cmd.split()[: _n_env_words(cmd.split())]
+    return "env " + " ".join(shlex.quote(w) for w in words) + " " if words else ""
+
+
+def _command_words(cmd: str) -> str:
+    words = cmd.split()
+    return " ".join(words[_n_env_words(words) :])
+
+
+def _n_env_words(words: list[str]) -> int:
+    n = 0
+    while n < len(words) and "=" in words[n] and not words[n].startswith("-"):
+        n += 1
+    return n
+
+
 class Airflow:
     """Airflow's components in a process group of their own, and a JWT-authenticated client."""
 
-    def __init__(self, home: Path, env: dict[str, str], port: int):
+    def __init__(
+        self,
+        home: Path,
+        env: dict[str, str],
+        port: int,
+        components: dict[str, str] | None = None,
+        pools: list[tuple[str, int, str]] = POOLS,
+    ):
+        """``components``: log name -> command line after ``airflow`` (default: the four of
+        `airflow standalone`); a command may start with VAR=value words of its own."""
         self.home = home
         self.env = env
         self.port = port
+        self.components = components
+        self.pools = pools
         self.base = f"http://127.0.0.1:{port}"
         self.launcher: subprocess.Popen | None = None
         self.pgid: int | None = None
@@ -85,7 +113,7 @@ class Airflow:
             "airflow db migrate failed:\n" + migrate.stdout[-3000:] + migrate.stderr[-3000:]
         )
         # the pools the DAGs use, as airflow-init does in docker-compose.yaml
-        for pool, slots, what in POOLS:
+        for pool, slots, what in self.pools:
             made = subprocess.run(
                 [str(VENV_BIN / "airflow"), "pools", "set", pool, str(slots), what],
                 env=self.env,
@@ -98,7 +126,9 @@ class Airflow:
         self.migrate_s = time.monotonic() - t_migrate
         t0 = time.monotonic()
         airflow = shlex.quote(str(VENV_BIN / "airflow"))
-        if STANDALONE:
+        if self.components:
+            commands = self.components
+        elif STANDALONE:
             commands = {"standalone": "standalone"}
         else:
             # what `airflow standalone` runs, minus its log servers (they bind every interface
@@ -113,7 +143,8 @@ class Airflow:
         # and process group of their own, so stop() ends them all and nothing survives; the
         # launcher exits as soon as any component does
         script = "".join(
-            f"{airflow} {cmd} > {shlex.quote(name)}.log 2>&1 &\n" for name, cmd in commands.items()
+            f"{_env_words(cmd)}{airflow} {_command_words(cmd)} > {shlex.quote(name)}.log 2>&1 &\n"
+            for name, cmd in commands.items()
         )
         self.launcher = subprocess.Popen(
             ["setsid", "bash", "-c", script + "wait -n\n"],
@@ -290,11 +321,9 @@ def e2e_config(stack, tmp_path_factory):
     return path, load_config(path)
 
 
-@pytest.fixture(scope="module")
-def airflow(stack, label_studio, e2e_config, tmp_path_factory):
-    config_path, _ = e2e_config
-    home = tmp_path_factory.mktemp("airflow-home")
-    port = _free_port()
+def airflow_env(home: Path, port: int, config_path: Path, stack, label_studio) -> dict[str, str]:
+    """The environment of every Airflow component: this repo's DAGs, the embedded stack,
+    Label Studio, a SQLite DB in ``home`` (override AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -336,6 +365,15 @@ def airflow(stack, label_studio, e2e_config, tmp_path_factory):
     env.setdefault("MPLCONFIGDIR", str(ROOT / "var" / "matplotlib"))
     env["YOLO_OFFLINE"] = "1"
     Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def airflow(stack, label_studio, e2e_config, tmp_path_factory):
+    config_path, _ = e2e_config
+    home = tmp_path_factory.mktemp("airflow-home")
+    port = _free_port()
+    env = airflow_env(home, port, config_path, stack, label_studio)
     af = Airflow(home, env, port)
     try:
         af.start()
