@@ -195,6 +195,8 @@ def run_simulation(
     data["important_classes"] = CLASSES
     data["extraction"].update({"sampling": "fps", "fps": s.sample_fps, "dedupe": {"enabled": False}})
     data["inference"].update({"imgsz": max(64, s.imgsz), "confidence_threshold": 0.1})
+    # the budget per round, whatever the base config says (it may give a proportion instead)
+    data["selection"].update({"n_samples": s.budget_per_round, "proportion_samples": None})
     data["training"] = {
         **data.get("training", {}),
         "base_model": "champion",
