@@ -32,7 +32,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.installed
 AIRFLOW_DB := $(AIRFLOW_HOME)/airflow.db
 
-.PHONY: help venv airflow-db labelstudio test test-quick demo demo-loop up down env lint bench clean
+.PHONY: help venv airflow-db labelstudio services test test-quick demo demo-loop up down env lint bench clean
 
 help:
 	@echo "make demo        run framesift_ingest on the embedded local stack"
@@ -69,7 +69,11 @@ airflow-db: $(AIRFLOW_DB)
 labelstudio: $(STAMP)
 	$(PY) -m framesift.labelstudio_service --prepare
 
-test: $(AIRFLOW_DB)
+# Postgres and Redis binaries (Debian packages) for the CeleryExecutor test in tests/scale/
+services:
+	@bash scripts/ensure_services.sh
+
+test: $(AIRFLOW_DB) services
 	$(PY) -m pytest -q
 
 test-quick: $(AIRFLOW_DB)
@@ -95,10 +99,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check include plugins dags tests bench
 	$(VENV)/bin/ruff format --check include plugins dags tests bench
 
-bench: $(STAMP)
+bench: $(AIRFLOW_DB)
 	$(PY) -m pip install -q -r requirements-bench.txt
-	@mkdir -p bench/results
-	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf var

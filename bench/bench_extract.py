@@ -12,7 +12,6 @@ Run: .venv/bin/python bench/bench_extract.py
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import av
 import cv2
+from common import write_result
 
 from framesift.config import ExtractionConfig
 from framesift.synth import make_video
@@ -214,10 +214,17 @@ def main() -> None:
         },
         "limits": limits,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    write_result(
+        "extract",
+        report,
+        what="1 fps PNG frames from a 60 s 720p30 H.264 clip (wall time)",
+        peer=report["peer"],
+        ratio=ratio,
+        ratio_means=report["ratio_means"],
+        target="ratio >= 1.0 (at least as fast as ffmpeg)",
+        met=ratio >= 1.0,
+        raw_timings_s=times,
+    )
     print(
         f"median framesift {medians['framesift']:.2f} s, ffmpeg {medians['ffmpeg']:.2f} s, ratio {ratio} "
         f"(>= 1: framesift faster); written {RESULTS.relative_to(ROOT)}"

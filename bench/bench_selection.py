@@ -32,6 +32,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from common import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
@@ -309,8 +310,20 @@ def main() -> None:
             "tracemalloc_peak_during_select is what select() itself allocated at its peak (numpy arrays included)",
         ],
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    ratio = None if one_m is None else one_m["select_s"] / 60.0
+    write_result(
+        "selection",
+        out,
+        what=out["what"] + " at 10k / 100k / 1M frames",
+        peer="none (absolute targets; apricot-select side by side: bench_selection_peer.py)",
+        ratio=ratio,
+        ratio_means="select() seconds at 1M frames / the 60 s target; <= 1 meets it",
+        target="1M frames in <= 60 s and peak RSS <= 2x the embedding matrix",
+        met=None
+        if one_m is None
+        else bool(one_m["select_s"] <= 60.0 and one_m["rss_peak_over_matrix"] <= 2.0),
+        raw_timings_s={f"select_s_at_{r['frames']}": r["select_s"] for r in runs if "select_s" in r},
+    )
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 
