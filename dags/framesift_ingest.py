@@ -8,7 +8,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
 from framesift.config import load_config
 from framesift.presets import PRESETS
-from framesift_airflow.assets import uploads_asset
+from framesift_airflow.assets import inference_asset, uploads_asset
 from framesift_airflow.operators import (
     ExtractFramesOperator,
     InferOperator,
@@ -57,7 +57,8 @@ Turns new video uploads into the few frames worth labeling, on the labeling plat
 * **select_frames** (one for the batch): the selection engine over every inferred frame,
   or a second greedy pass over the shards' winners (diversity x uncertainty x class
   balance by default, datapool-aware); the `selections`
-  record and an HTML report (link: *Selection report*). `dry_run` stops here.
+  record and an HTML report (link: *Selection report*). `dry_run` stops here. Updates the
+  `framesift_inference` asset, which runs `framesift_drift`.
 * **push_to_labeling** (one per video with selected frames): an image sequence with the
   model's boxes as pre-annotations on the labeling platform (link: *Labeling project*),
   recorded once in Mongo `labeling_queue`.
@@ -147,7 +148,12 @@ with DAG(
         map_index_template="shard {{ task.shard['shard'] }}",
         execution_timeout=timedelta(hours=2),
     ).expand(shard=plan.output)
-    select = SelectFramesOperator(task_id="select_frames", videos=infer.output, trigger_rule="all_done")
+    select = SelectFramesOperator(
+        task_id="select_frames",
+        videos=infer.output,
+        trigger_rule="all_done",
+        outlets=[inference_asset(cfg)],  # new inference landed: schedules framesift_drift
+    )
     shards >> select
     push = PushSequenceOperator.partial(
         task_id="push_to_labeling",

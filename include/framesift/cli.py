@@ -139,6 +139,34 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_drift(args) -> int:
+    from framesift import alerts
+
+    cfg = load_config(args.config)
+    s3, db = connect(cfg)
+    if args.action == "ack":
+        if not args.incident:
+            print("usage: framesift drift ack INCIDENT_ID", file=sys.stderr)
+            return 2
+        doc = alerts.ack(db, args.incident, args.by or os.environ.get("USER") or "cli")
+        print(f"acked {doc['_id']}" if doc else f"no open incident {args.incident}")
+        return 0 if doc else 1
+    from framesift.drift import compute, format_report
+
+    print(format_report(compute(s3, db, cfg)))
+    incidents = alerts.open_incidents(db)
+    print(f"\nopen incidents: {len(incidents)}")
+    for inc in incidents:
+        values = ", ".join(
+            f"{v['name']} {v['value']:.4g}/{v['threshold']:g}" for v in inc.get("values") or [] if v.get("value") is not None
+        )
+        print(
+            f"  {inc['_id']}  {inc['state']} {inc['level']}  first {inc['first_seen']:%Y-%m-%d %H:%M}"
+            f"  last {inc['last_seen']:%Y-%m-%d %H:%M}  {values}  videos {len(inc.get('videos') or [])}"
+        )
+    return 0
+
+
 def cmd_demo(args) -> int:
     from framesift.demo import run_demo
 
@@ -194,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("status", help="the last pipeline runs: counts, problems, ClearML links")
     p.add_argument("--limit", type=int, default=10)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("drift", help="drift: current signals and open incidents (report), ack an incident")
+    p.add_argument("action", choices=["report", "ack"])
+    p.add_argument("incident", nargs="?", help="ack: the incident id")
+    p.add_argument("--by", help="ack: who is on it (default: $USER)")
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="run framesift_ingest on the embedded stack with sample videos")
     p.add_argument("--keep", action="store_true", help="keep the stack running afterwards until Ctrl-C")

@@ -236,8 +236,80 @@ class ReviewConfig(_Section):
     min_kappa: float = Field(0.80, ge=-1, le=1)
 
 
+class DriftSignalConfig(_Section):
+    enabled: bool = True
+    window_frames: int | None = Field(None, ge=10)  # this signal's window; null: drift.window_frames
+
+
+class DriftUncertaintyConfig(DriftSignalConfig):
+    score: Literal["uncertainty_entropy", "uncertainty_least_confidence", "uncertainty_margin"] = (
+        "uncertainty_entropy"
+    )
+    low_confidence: float = Field(0.5, gt=0, lt=1)  # a box scoring below this is low-confidence
+    low_confidence_rise: float = Field(0.15, gt=0)  # threshold: window minus reference fraction
+    uncertainty_rise: float = Field(0.10, gt=0)  # threshold: window minus reference mean score
+    p_value: float = Field(0.01, gt=0, le=1)  # a rise must also be significant (one-sided z-test)
+    min_boxes: int = Field(20, ge=1)  # fewer boxes in reference or window: insufficient data
+
+
+class DriftEmbeddingConfig(DriftSignalConfig):
+    pca_components: int = Field(16, ge=1)
+    permutations: int = Field(200, ge=20)
+    p_value: float = Field(0.01, gt=0, le=1)
+    mmd2_threshold: float = Field(0.05, gt=0)  # effect size: MMD^2 with the median-heuristic kernel
+    max_reference_frames: int = Field(1000, ge=10)  # reference sample for the MMD test
+
+
+class DriftClassConfig(DriftSignalConfig):
+    psi_threshold: float = Field(0.25, gt=0)
+    js_threshold: float = Field(0.2, gt=0, le=1)
+    p_value: float = Field(0.01, gt=0, le=1)  # the shift must also be significant (chi-square test)
+
+
+class DriftOutlierConfig(DriftSignalConfig):
+    percentile: float = Field(99.0, gt=50, lt=100)  # of the reference's own nearest-neighbour distance
+    rate_threshold: float = Field(0.10, gt=0, le=1)  # threshold: fraction of window frames beyond it
+
+
+class DriftCommitteeConfig(DriftSignalConfig):
+    tasks: list[str] = Field(default_factory=list)  # other prediction tasks (models) on the same frames
+    disagreement_rise: float = Field(0.10, gt=0)
+
+
+class AlertChannelConfig(_Section):
+    type: Literal["webhook", "smtp"]
+    conn_id: str  # the Airflow connection with the URL / server and credentials
+    to: list[str] = Field(default_factory=list)  # smtp: recipients (default: the connection's extra "to")
+
+
+class DriftAlertsConfig(_Section):
+    channels: list[AlertChannelConfig] = Field(default_factory=list)
+    critical_factor: float = Field(2.0, gt=1)  # value >= factor x threshold: critical (re-alerts)
+    resolve_after_windows: int = Field(3, ge=1)  # consecutive normal windows that resolve an incident
+    notify_resolved: bool = False
+    sample_frames: int = Field(6, ge=0, le=50)  # frames linked from an alert
+
+
+class DriftLabelingConfig(_Section):
+    enabled: bool = True  # send the most drifted frames of an alarming window to labeling
+    n_samples: int = Field(20, ge=1)
+
+
 class DriftConfig(_Section):
     window_frames: int = Field(500, ge=10)
+    min_window_frames: int = Field(30, ge=2)  # a source with fewer new frames is not evaluated
+    reference_frames: int = Field(2000, ge=10)
+    reference_prefix: str | None = None  # videos under it are the reference; null: the earliest inferred
+    group_by: Literal["all", "folder"] = "all"  # one window over everything, or one per video folder
+    schedule: str | None = "0 * * * *"  # also run on this cron; null: only when new inference lands
+    seed: int = 0
+    uncertainty: DriftUncertaintyConfig = Field(default_factory=DriftUncertaintyConfig)
+    embedding: DriftEmbeddingConfig = Field(default_factory=DriftEmbeddingConfig)
+    class_distribution: DriftClassConfig = Field(default_factory=DriftClassConfig)
+    outliers: DriftOutlierConfig = Field(default_factory=DriftOutlierConfig)
+    committee: DriftCommitteeConfig = Field(default_factory=DriftCommitteeConfig)
+    alerts: DriftAlertsConfig = Field(default_factory=DriftAlertsConfig)
+    labeling: DriftLabelingConfig = Field(default_factory=DriftLabelingConfig)
 
 
 class PipelineConfig(_Section):

@@ -25,3 +25,12 @@ def uploads_asset(cfg: PipelineConfig, config_path: str | None = None) -> Asset:
         uri=uri,
         watchers=[AssetWatcher(name="framesift_uploads_watcher", trigger=trigger)],
     )
+
+
+def inference_asset(cfg: PipelineConfig) -> Asset:
+    """Updated when an ingest run has new inference (predictions + embeddings) in S3; the
+    drift DAG is scheduled on it."""
+    return Asset(
+        name="framesift_inference",
+        uri=f"s3://{cfg.storage.out_bucket}/{cfg.storage.output_prefix.rstrip('/')}/videos/",
+    )

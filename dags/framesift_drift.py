@@ -1,0 +1,79 @@
+"""framesift_drift: recent frames vs the reference -> incidents -> on-call alerts -> labeling."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
+
+from framesift.config import load_config
+from framesift_airflow.assets import inference_asset
+from framesift_airflow.drift_operators import (
+    DeliverAlertsOperator,
+    DriftLabelingOperator,
+    DriftRunRecordOperator,
+    DriftSignalsOperator,
+    UpdateIncidentsOperator,
+)
+
+cfg = load_config()
+inferred = inference_asset(cfg)
+schedule = (
+    AssetOrTimeSchedule(timetable=CronTriggerTimetable(cfg.drift.schedule, timezone="UTC"), assets=[inferred])
+    if cfg.drift.schedule
+    else [inferred]
+)
+
+DOC = """
+### framesift_drift
+
+Notices when production video stops looking like the video the model knows, tells on-call
+once per incident, and sends the frames that show the change to labeling.
+
+* **Triggers**: `drift.schedule` (hourly) and the `framesift_inference` asset, which
+  `framesift_ingest` updates when new inference lands.
+* **compute_signals**: the latest `drift.window_frames` frames (per source) against the
+  reference (`drift.reference_prefix`, else the earliest inferred videos): uncertainty rise,
+  embedding MMD, class distribution PSI / Jensen-Shannon, outlier rate, committee
+  disagreement. The report goes to S3 (`<output_prefix>/drift/reports/`).
+* **record_run**: a ClearML task with each statistic vs its threshold, the class
+  histograms and the PCA scatter (link: *ClearML run*).
+* **update_incidents**: Mongo `alerts`, one incident per signal family and source; a window
+  counts once, so re-runs change nothing; resolves after `drift.alerts.resolve_after_windows`
+  normal windows.
+* **deliver_alerts**: sends the outbox (Slack-compatible webhook, SMTP) for new and
+  escalated incidents, and whatever an earlier run could not send.
+* **queue_for_labeling**: the most drifted frames of each alarming window, as a labeling
+  sequence tagged `drift` (exactly once).
+
+**When it fails**: a failed *deliver_alerts* names the channel and the error (connection
+missing, webhook down); the alert waits in Mongo `alert_outbox` and the next run sends it.
+*compute_signals* failing on S3/Mongo retries. `framesift drift report` shows the current
+signals and open incidents. On-call: README, "On-call: drift alerts".
+"""
+
+with DAG(
+    dag_id="framesift_drift",
+    description="Drift signals on recent frames -> incidents -> alerts -> drifted frames to labeling",
+    doc_md=DOC,
+    schedule=schedule,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # incidents are updated by one run at a time
+    tags=["framesift", "drift"],
+    default_args={
+        "owner": "framesift",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+    },
+) as dag:
+    signals = DriftSignalsOperator(task_id="compute_signals", execution_timeout=timedelta(minutes=30))
+    recorded = DriftRunRecordOperator(task_id="record_run", signals=signals.output)
+    incidents = UpdateIncidentsOperator(task_id="update_incidents", signals=recorded.output)
+    # one quick retry for a blip; after that the alert waits in the outbox for the next run
+    deliver = DeliverAlertsOperator(task_id="deliver_alerts", retries=1, retry_delay=timedelta(seconds=5))
+    labeling = DriftLabelingOperator(
+        task_id="queue_for_labeling", signals=recorded.output, execution_timeout=timedelta(minutes=30)
+    )
+    incidents >> [deliver, labeling]

@@ -1,0 +1,186 @@
+"""Operators of the drift DAG: thin wrappers over framesift.drift, .alerts, .drift_response."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from framesift_airflow.links import ClearMLRunLink
+
+
+def _hook(config_path):
+    from framesift_airflow.hooks import FramesiftHook
+
+    return FramesiftHook(config_path)
+
+
+def _report_uri(cfg, run_id: str) -> str:
+    from framesift.storage import join_key, s3_uri
+
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    return s3_uri(
+        cfg.storage.out_bucket, join_key(cfg.storage.output_prefix, "drift", "reports", f"{safe}.json")
+    )
+
+
+def _read_report(hook, uri: str) -> dict[str, Any]:
+    from framesift.storage import get_json, parse_s3_uri
+
+    return get_json(hook.s3, *parse_s3_uri(uri))
+
+
+class DriftSignalsOperator(BaseOperator):
+    """Compute every drift signal of the recent window(s) against the reference; write the
+    report to S3 and return its URI with the level of each source."""
+
+    ui_color = "#fdf8e8"
+
+    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.drift import compute, format_report
+        from framesift.storage import parse_s3_uri, put_json
+
+        hook = _hook(self.config_path)
+        report = compute(hook.s3, hook.db, hook.config)
+        report["run_id"] = context["run_id"]
+        uri = _report_uri(hook.config, context["run_id"])
+        put_json(hook.s3, *parse_s3_uri(uri), report)
+        self.log.info("drift report %s\n%s", uri, format_report(report))
+        return {"report_uri": uri, "levels": {w["source"]: w["level"] for w in report["windows"]}}
+
+
+class _ReportOperator(BaseOperator):
+    template_fields: Sequence[str] = ("signals",)
+
+    def __init__(self, *, signals: Any, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.signals = signals
+        self.config_path = config_path
+
+
+class DriftRunRecordOperator(_ReportOperator):
+    """A ClearML task with the drift plots (link: *ClearML run*) and a ``runs`` record."""
+
+    operator_extra_links = (ClearMLRunLink(),)
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift import runs
+        from framesift.drift import run_spec
+        from framesift.tracking import record_run
+
+        hook = _hook(self.config_path)
+        report = _read_report(hook, self.signals["report_uri"])
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        try:
+            tracked = record_run(run_spec(hook.config, report, dag_id=dag_id, run_id=run_id))
+        except Exception as exc:  # tracking must not stop the alerting
+            self.log.warning(
+                "could not record the ClearML run (%s); alerts go out without the plots link", exc
+            )
+            tracked = None
+        levels = self.signals.get("levels") or {}
+        summary = {
+            "sources": len(levels),
+            "by_level": {lv: list(levels.values()).count(lv) for lv in set(levels.values())},
+        }
+        runs.save_run(hook.db, dag_id=dag_id, run_id=run_id, summary=summary, tracked=tracked)
+        ClearMLRunLink.persist(context, tracked.url if tracked else None)
+        return {**self.signals, "clearml_url": tracked.url if tracked else None}
+
+
+class UpdateIncidentsOperator(_ReportOperator):
+    """Open, update, escalate or resolve incidents (Mongo ``alerts``); queue their alerts."""
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.alerts import update_incidents
+
+        hook = _hook(self.config_path)
+        report = _read_report(hook, self.signals["report_uri"])
+        changes = update_incidents(
+            hook.db,
+            report,
+            hook.config.drift,
+            run_id=context["run_id"],
+            report_uri=self.signals["report_uri"],
+            clearml_url=self.signals.get("clearml_url"),
+        )
+        for what, ids in changes.items():
+            if ids:
+                self.log.info("incidents %s: %s", what, ", ".join(ids))
+        return changes
+
+
+class DeliverAlertsOperator(BaseOperator):
+    """Send every pending alert of the outbox (this run's and earlier undelivered ones)
+    through the configured notifiers. Fails when one could not be sent; it stays in the
+    outbox and the next run sends it."""
+
+    ui_color = "#fde8e8"
+
+    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+
+    def execute(self, context) -> dict[str, Any]:
+        from framesift.alerts import deliver, render_message
+        from framesift.storage import http_url
+        from framesift_airflow.notifiers import notifier_for
+
+        hook = _hook(self.config_path)
+
+        def render(incident, item):
+            return render_message(
+                incident,
+                item,
+                frame_url=lambda u: http_url(hook.s3, u),
+                report_url=lambda u: http_url(hook.s3, u),
+            )
+
+        def send(channel, message):
+            notifier_for(channel, message).notify(context)
+
+        ti = context["ti"]
+        result = deliver(hook.db, send, render, owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}")
+        self.log.info("alerts delivered: %d, failed: %d", len(result["sent"]), len(result["failed"]))
+        if result["failed"]:
+            failed = "; ".join(f"{i}: {e}" for i, e in result["failed"])
+            raise RuntimeError(
+                f"{len(result['failed'])} alert(s) not delivered ({failed}). They stay in the outbox "
+                "(Mongo alert_outbox) and the next run delivers them; check the notifier connection."
+            )
+        return {"sent": result["sent"]}
+
+
+class DriftLabelingOperator(_ReportOperator):
+    """The most drifted frames of each alarming window to the labeling platform, as
+    sequences tagged ``drift`` (exactly once per window)."""
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from framesift.drift_response import respond
+
+        hook = _hook(self.config_path)
+        if not hook.config.drift.labeling.enabled:
+            self.log.info("drift.labeling.enabled is false: nothing queued")
+            return []
+        report = _read_report(hook, self.signals["report_uri"])
+        ti = context["ti"]
+        out = respond(
+            hook.s3,
+            hook.db,
+            hook.config,
+            report,
+            hook.labeling_backend,
+            run_id=context["run_id"],
+            owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}",
+        )
+        for item in out:
+            self.log.info(
+                "queued %d drifted frames of %s: %s", item["frames"], item["source"], item["queue_ids"]
+            )
+        return out

@@ -1,0 +1,209 @@
+"""Drift end to end on generated videos: extraction and real inference (the bundled
+detector) into the embedded stack, the signals per camera folder, then framesift_drift
+under dag.test(): incidents, the alert delivered to a local webhook after an outage, the
+ClearML plots, the drifted frames in Label Studio, and no duplicates on a second run.
+
+Two cameras (generated clips with their own scene each): the first 13 s of each is the
+reference (inferred first: "the earliest inferred videos"), the next 10 s is new footage;
+cam1's new footage also comes shifted: night, heavy blur, a moved camera, a new kind of
+object. Each camera/shift lives in its own folder, so with ``group_by: folder`` each is
+one window."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+import yaml
+
+from framesift import alerts, drift
+from framesift.config import load_config
+from framesift.stack import project_root
+from framesift.storage import upload
+from framesift.synth import make_video
+from tests.driftshifts import SHIFTS, shifted_copy
+from tests.listener import Listener
+
+pytestmark = pytest.mark.slow
+
+CAMERAS = (1, 2)
+SHIFTED = tuple(f"cam1-{s}/" for s in SHIFTS)
+
+
+@pytest.fixture(scope="module")
+def world(stack, s3, mongo, tmp_path_factory):
+    """Config, uploads, and every clip extracted and inferred (reference clips first)."""
+    from framesift.inference import Detector
+    from framesift.ingest import extract_one, infer_one, register_uploads
+    from framesift.stack import var_dir
+
+    tmp = tmp_path_factory.mktemp("drift")
+    tag = uuid.uuid4().hex[:8]
+    listener = Listener()
+    data = {
+        "storage": {
+            "bucket": stack.bucket,
+            "videos_prefix": f"d-{tag}/videos/",
+            "output_prefix": f"d-{tag}/out/",
+        },
+        "mongo": {"database": f"d_{tag}"},
+        "extraction": {"sampling": "every_n", "every_n": 2, "dedupe": {"enabled": False}},
+        "inference": {"imgsz": 256, "batch_size": 16},
+        "drift": {
+            "window_frames": 25,
+            "min_window_frames": 20,
+            "reference_frames": 66,  # the two 13 s reference clips, 33 frames each
+            "group_by": "folder",
+            "alerts": {
+                "channels": [{"type": "webhook", "conn_id": "framesift_alerts_webhook"}],
+                "sample_frames": 3,
+            },
+            "labeling": {"n_samples": 4},
+        },
+    }
+    path = tmp / "framesift.yaml"
+    path.write_text(yaml.safe_dump(data))
+    saved = {k: os.environ.get(k) for k in ("FRAMESIFT_CONFIG", "AIRFLOW_CONN_FRAMESIFT_ALERTS_WEBHOOK")}
+    os.environ["FRAMESIFT_CONFIG"] = str(path)
+    conn = {
+        "conn_type": "http",
+        "host": f"http://127.0.0.1:{listener.port}",
+        "password": "T000/B000/not-a-real-token",
+    }
+    os.environ["AIRFLOW_CONN_FRAMESIFT_ALERTS_WEBHOOK"] = json.dumps(conn)
+    cfg = load_config(path)
+    db = mongo[cfg.mongo.database]
+    prefix = cfg.storage.videos_prefix
+
+    early, later = [], []
+    for cam in CAMERAS:
+        clip = make_video(tmp / f"cam{cam}.mp4", seconds=23, fps=5, seed=cam)
+        early.append((shifted_copy(clip, tmp / f"cam{cam}-early.mp4", end_s=13), f"cam{cam}/early.mp4"))
+        later.append((shifted_copy(clip, tmp / f"cam{cam}-later.mp4", start_s=13), f"cam{cam}/later.mp4"))
+    for shift in SHIFTS:
+        src = tmp / "cam1.mp4"
+        later.append(
+            (shifted_copy(src, tmp / f"cam1-{shift}.mp4", shift, start_s=13), f"cam1-{shift}/later.mp4")
+        )
+
+    detector = Detector.from_config(cfg, s3)
+    work = var_dir() / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    for batch, run_id in ((early, "setup-reference"), (later, "setup-new")):
+        for local, key in batch:
+            upload(s3, local, cfg.storage.bucket, prefix + key)
+        for ref in register_uploads(s3, db, cfg, run_id=run_id):
+            extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
+            infer_one(s3, db, cfg, ref, run_id=run_id, detector=detector)
+    yield {"cfg": cfg, "db": db, "listener": listener, "prefix": prefix}
+    listener.close()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_each_shift_is_detected_in_one_window_and_new_footage_is_not(world, s3):
+    cfg, db, prefix = world["cfg"], world["db"], world["prefix"]
+    assert db.videos.count_documents({"status": "inferred"}) == len(CAMERAS) * 2 + len(SHIFTS)
+    report = drift.compute(s3, db, cfg)
+    print(drift.format_report(report))  # shown with -s: the values behind the thresholds
+    ref = report["reference"]
+    assert ref["frames"] == 66 and sorted(ref["videos"]) == [f"{prefix}cam{c}/early.mp4" for c in CAMERAS]
+    windows = {w["source"][len(prefix) :]: w for w in report["windows"]}
+    assert set(windows) == {f"cam{c}/" for c in CAMERAS} | set(SHIFTED)
+    for cam in CAMERAS:  # new footage of a known camera, against that camera's reference
+        w = windows[f"cam{cam}/"]
+        assert w["reference"] == "own" and w["level"] == "normal", drift.format_report({"windows": [w]})
+    for source in SHIFTED:  # one window (25 frames, 10 s at 2.5 fps) is enough
+        w = windows[source]
+        assert w["n_frames"] == 25 and w["level"] in ("warning", "critical"), drift.format_report(
+            {"windows": [w]}
+        )
+        assert w["families"]["embedding"] in ("warning", "critical")
+        assert len(w["sample_frames"]) == 3 and all(u.startswith("s3://") for u in w["sample_frames"])
+
+
+@pytest.fixture(scope="module")
+def drift_dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(project_root() / "dags" / "framesift_drift.py")).get_dag("framesift_drift")
+
+
+def _run(dag):
+    dr = dag.test()
+    return dr, {ti.task_id: ti.state for ti in dr.get_task_instances()}
+
+
+def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(world, drift_dag, label_studio):
+    db, listener, prefix = world["db"], world["listener"], world["prefix"]
+    listener.status = 503  # on-call's webhook is down during the first run
+
+    dr, states = _run(drift_dag)
+    assert states["deliver_alerts"] == "failed", states
+    assert all(states[t] == "success" for t in states if t != "deliver_alerts"), states
+    incidents = {d["_id"]: d for d in db[alerts.ALERTS].find()}
+    sources = {d["source"][len(prefix) :] for d in incidents.values()}
+    assert sources == set(SHIFTED), sources  # the unshifted cameras opened nothing
+    assert all(d["state"] == "open" and d["clearml_url"].startswith("file://") for d in incidents.values())
+    pending = list(db[alerts.OUTBOX].find())
+    assert len(pending) == len(incidents) and {p["state"] for p in pending} == {"pending"}
+    assert listener.bodies == []
+
+    # ClearML: one task with a statistic vs threshold per source and the PCA plots
+    import zipfile
+
+    run_doc = db.runs.find_one({"_id": f"framesift_drift/{dr.run_id}"})
+    with zipfile.ZipFile(run_doc["clearml"]["offline_zip"]) as z:
+        events = [json.loads(x) for x in z.read("metrics.jsonl").splitlines() if x.strip()]
+    events = [e for batch in events for e in (batch if isinstance(batch, list) else [batch])]
+    plots = {e["metric"] for e in events if e["type"] == "plot"}
+    assert f"embeddings PCA ({prefix}cam1-night/)" in plots
+    assert any(e["metric"] == "embedding: mmd2" for e in events if e["type"] == "training_stats_scalar")
+
+    # the drifted frames went to labeling: one sequence per alarming window, tagged drift
+    queued = list(db.labeling_queue.find({"tags": "drift"}))
+    assert len(queued) == len(SHIFTED) and all(q["state"] == "pushed" and q["n_frames"] == 4 for q in queued)
+    assert all(q["Name dataset"].startswith("drift-") and q["incident_ids"] for q in queued)
+    drift_sel = list(db.selections.find({"kind": "drift"}))
+    assert len(drift_sel) == len(SHIFTED) and all(s["datapool_uri"] for s in drift_sel)
+    tasks_before = _label_studio_tasks(label_studio)
+
+    # the webhook is back: the next run delivers each alert once, and duplicates nothing
+    listener.status = 200
+    dr2, states2 = _run(drift_dag)
+    assert dr2.state == "success", states2
+    assert len(listener.bodies) == len(incidents)
+    assert sorted(b["framesift"]["incident_id"] for b in listener.bodies) == sorted(incidents)
+    body = listener.bodies[0]
+    assert "Runbook" in body["text"] and "threshold" in body["text"] and body["framesift"]["sample_frames"]
+    assert {d["_id"] for d in db[alerts.ALERTS].find()} == set(incidents)
+    assert db[alerts.OUTBOX].count_documents({"state": "sent"}) == len(incidents)
+    assert db.labeling_queue.count_documents({"tags": "drift"}) == len(SHIFTED)
+    assert _label_studio_tasks(label_studio) == tasks_before
+
+    # the CLI shows the signals and the open incidents
+    out = subprocess.run(
+        [sys.executable, "-m", "framesift.cli", "drift", "report"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"open incidents: {len(incidents)}" in out and f"source {prefix}cam1-blur/" in out
+    assert "embedding" in out and "mmd2" in out
+
+
+def _label_studio_tasks(info) -> int:
+    import requests
+
+    headers = {"Authorization": f"Token {info.token}"}
+    projects = requests.get(f"{info.url}/api/projects", headers=headers, timeout=30).json()
+    projects = projects.get("results", projects) if isinstance(projects, dict) else projects
+    return sum(p.get("task_number", 0) for p in projects)
