@@ -71,7 +71,9 @@ def _peer(result: dict) -> str:
 
 def _met(result: dict) -> str:
     met = result.get("met")
-    return {True: "yes", False: "**no**"}.get(met, "—")
+    if isinstance(met, bool):
+        return "yes" if met else "**no**"
+    return "—" if met is None else "see JSON"
 
 
 def _cell(text: str) -> str:
@@ -92,8 +94,9 @@ def table(names: list[str], outcomes: dict[str, dict]) -> str:
         if outcome and outcome["rc"]:
             when += f" (this run failed, exit {outcome['rc']}: last result shown)"
         machine = result.get("machine") or {}
-        key = (machine.get("cpu_count"), machine.get("cpu_model"), machine.get("gpu"))
-        machines.setdefault(key, machine)
+        if machine.get("cpu_count"):
+            key = (machine.get("cpu_count"), machine.get("cpu_model"), machine.get("gpu"))
+            machines.setdefault(key, machine)
         rows.append(
             "| "
             + " | ".join(
