@@ -29,6 +29,13 @@ Every 15 minutes (and from *Trigger DAG*): brings finished labels back.
   `review_queue`), annotator accuracy and kappa on control frames; a ClearML task.
 * **publish**: emits the asset `framesift/labels`, which schedules `framesift_retrain`;
   skipped when nothing new was exported.
+
+**When it fails**: *sync_labels* / *export_trainset* failing on the labeling platform
+(down, bad credentials in the `framesift_labeling` connection) retry with backoff; a
+platform returning partial results exports what is complete and picks up the rest on the
+next run. Annotations that cannot be used (boxes outside the image, unknown classes) do
+not fail the run: they are clipped or rejected with the reason on their `labels`
+document. A failed *review_labels* does not stop *publish*: the version is still used.
 """
 
 with DAG(

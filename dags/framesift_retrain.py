@@ -32,6 +32,14 @@ Scheduled on the asset `framesift/labels` (a new training-set version), or trigg
   criteria again on the new numbers (a second `decisions` document). The next ingest's
   inference uses the champion.
 * **record**: one ClearML training task per run (also after a failed training).
+
+**When it fails**: a failed *train* has its error on its `models` document (status
+`failed`) and in its log; the champion stays and serves ingest. It retries once (a worker
+lost mid-run); a real training error (bad data, out of memory) needs a look at the log,
+then *Clear* the task. A failed *evaluate* names the test set: a missing or changed
+`evaluation.test_set` is refused rather than compared across versions. *decide* skipping
+the rest is not a failure: the `decisions` document says why (`framesift` README, "How to
+read a decision").
 """
 
 with DAG(
@@ -43,7 +51,12 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["framesift", "retrain"],
-    default_args={"owner": "framesift", "retries": 1, "retry_delay": timedelta(minutes=1)},
+    default_args={
+        "owner": "framesift",
+        "retries": 1,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+    },
 ) as dag:
     decide = RetrainGateOperator(task_id="decide", retries=3)
     train = TrainOperator(task_id="train", pool="gpu", queue="gpu", execution_timeout=timedelta(hours=12))
