@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Any
 
 from pymongo.database import Database
@@ -29,6 +30,9 @@ from framesift.storage import S3Object, get_json, head, parse_s3_uri
 
 log = logging.getLogger("framesift.ingest")
 
+# a resumable video that no run moved for this long comes first in the next run's batch
+RESUME_IDLE = timedelta(minutes=30)
+
 
 def register_uploads(
     s3,
@@ -44,8 +48,9 @@ def register_uploads(
     With ``event_payloads`` (an asset-triggered run) the objects come from the events;
     otherwise the prefix is listed. Videos registered earlier whose pipeline stopped half
     way (``registry.RESUMABLE``, or ``failed`` fewer than MAX_ATTEMPTS times) are picked
-    up too, so a crashed run's work is not lost; each stage then claims what it can. At most ``discovery.max_videos_per_run`` are
-    returned; the rest wait for the next run.
+    up too, so a crashed run's work is not lost; each stage then claims what it can. At
+    most ``discovery.max_videos_per_run`` are returned (see ``_batch`` for which come
+    first); the rest wait for the next run.
     """
     registry.ensure_indexes(db)
     payloads = list(event_payloads or [])
@@ -66,20 +71,7 @@ def register_uploads(
         _, is_new = registry.register(db, obj, run_id)
         created += is_new
 
-    pending = list(
-        db[registry.VIDEOS]
-        .find(
-            {
-                "$or": [
-                    {"status": {"$in": list(registry.RESUMABLE)}},
-                    {"status": FAILED, "attempts": {"$lt": registry.MAX_ATTEMPTS}},
-                ]
-            },
-            {"bucket": 1, "key": 1, "etag": 1, "size": 1},
-        )
-        .sort("created_at", 1)
-        .limit(cfg.discovery.max_videos_per_run)
-    )
+    pending = _batch(db, cfg.discovery.max_videos_per_run)
     refs = [VideoRef(d["_id"], d["bucket"], d["key"], d["etag"], d.get("size", 0)) for d in pending]
     log.info(
         "register: %d object(s) from %s, %d new record(s), %d video(s) to extract in this run",
@@ -89,6 +81,36 @@ def register_uploads(
         len(refs),
     )
     return refs
+
+
+def _batch(db: Database, limit: int) -> list[dict[str, Any]]:
+    """The run's videos, oldest first within each group: videos no run has moved for
+    ``RESUME_IDLE`` (a run stopped half way), then new uploads, then the rest of the
+    resumable ones (most likely still in an overlapping run's hands), so that overlapping
+    runs drain new uploads instead of taking each other's batches."""
+    resumable = {
+        "$or": [
+            {"status": {"$in": [s for s in registry.RESUMABLE if s != registry.DISCOVERED]}},
+            {"status": FAILED, "attempts": {"$lt": registry.MAX_ATTEMPTS}},
+        ]
+    }
+    idle_since = registry.now() - RESUME_IDLE
+    groups = (
+        {**resumable, "updated_at": {"$lt": idle_since}},
+        {"status": registry.DISCOVERED},
+        {**resumable, "updated_at": {"$gte": idle_since}},
+    )
+    batch: list[dict[str, Any]] = []
+    for query in groups:
+        if len(batch) >= limit:
+            break
+        batch += (
+            db[registry.VIDEOS]
+            .find(query, {"bucket": 1, "key": 1, "etag": 1, "size": 1})
+            .sort("created_at", 1)
+            .limit(limit - len(batch))
+        )
+    return batch
 
 
 def _with_etag(s3, obj: S3Object) -> S3Object:

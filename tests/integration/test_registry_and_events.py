@@ -125,6 +125,33 @@ def test_register_uploads_caps_the_batch_and_drains_the_backlog(s3, db, isolated
     assert len(second) == 2 and not {r.video_id for r in second} & {r.video_id for r in first}
 
 
+def test_overlapping_runs_take_new_uploads_before_each_others_videos(s3, db, isolated):
+    """A run starting while another works on its batch takes new uploads first; a video
+    left half way by a run that stopped (idle for RESUME_IDLE) comes before both."""
+    from framesift.ingest import RESUME_IDLE
+
+    cfg = isolated.model_copy(
+        update={"discovery": isolated.discovery.model_copy(update={"max_videos_per_run": 2})}
+    )
+    for i in range(6):
+        put_bytes(s3, cfg.storage.bucket, f"{cfg.storage.videos_prefix}v{i}.mp4", b"%d" % i)
+    first = register_uploads(s3, db, cfg, run_id="r1")
+    for ref in first:  # r1 is busy with them: extracted, waiting for inference
+        registry.mark(db, ref.video_id, registry.EXTRACTED, "r1")
+    second = register_uploads(s3, db, cfg, run_id="r2")
+    assert [r.key for r in second] == [f"{cfg.storage.videos_prefix}v{i}.mp4" for i in (2, 3)]
+    # r1 stopped: its videos sat untouched for longer than RESUME_IDLE, so they go first
+    db.videos.update_many(
+        {"_id": {"$in": [r.video_id for r in first]}},
+        {"$set": {"updated_at": registry.now() - RESUME_IDLE * 2}},
+    )
+    third = register_uploads(s3, db, cfg, run_id="r3")
+    assert {r.video_id for r in third} == {r.video_id for r in first}
+    # with room to spare, a run takes everything pending: new first, then the busy ones
+    cfg.discovery.max_videos_per_run = 10
+    assert len(register_uploads(s3, db, cfg, run_id="r4")) == 6
+
+
 def test_new_videos_trigger_yields_unregistered_keys(s3, db, isolated):
     from framesift_airflow.triggers import NewVideosTrigger
 
