@@ -657,7 +657,7 @@ class TestEncordFakeSdk:
 
         return EncordBackend(
             s3,
-            ssh_private_key="-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n-----END OPENSSH PRIVATE KEY-----",
+            ssh_private_key="not-a-real-key",  # the fake SDK factory never parses it
             domain="https://api.encord.com",
             project_name="fs-proj",
             client_factory=sdk.factory,
