@@ -338,3 +338,23 @@ def review_labels(s3, db, cfg, *, version: str | None = None, run_id: str | None
         "without_predictions": len(docs) - len(frames),
         "annotators": quality,
     }
+
+
+def run_spec(cfg, summary: Mapping[str, Any], *, version: str, run_id: str):
+    """The ClearML task of one review: its counts and each annotator's accuracy and kappa."""
+    from framesift.tracking import RunSpec
+
+    spec = RunSpec(
+        project=cfg.tracking.project_name,
+        task_name=f"framesift_labels {run_id}",
+        task_type="qc",
+        tags=["framesift", "labels", version],
+        offline=cfg.tracking.offline,
+        params={"trainset_version": version, "review": cfg.review.model_dump()},
+    )
+    for key in ("reviewed", "flagged", "missed", "spurious", "class_swaps", "poor_localisation"):
+        spec.scalar("review", key, summary.get(key, 0))
+    for who, q in summary["annotators"].items():
+        spec.scalar("annotator accuracy", who, q["accuracy"])
+        spec.scalar("annotator kappa", who, q["kappa"])
+    return spec

@@ -62,6 +62,18 @@ def _selection_config(cfg: PipelineConfig, overrides: dict[str, Any] | None):
     return sel_cfg, parse_selection(sel_cfg, cfg.important_classes)
 
 
+def _plan_config(cfg: PipelineConfig, plan: dict[str, Any]):
+    """The selection settings a shard plan was made with (the run's overrides included)."""
+    sel_cfg = SelectionConfig.model_validate(plan["config"])
+    return sel_cfg, parse_selection(sel_cfg, cfg.important_classes)
+
+
+def _videos(db: Database, video_ids: list[str]) -> list[dict[str, Any]]:
+    """The registry documents of ``video_ids``, in that order."""
+    by_id = {d["_id"]: d for d in db[registry.VIDEOS].find({"_id": {"$in": video_ids}})}
+    return [by_id[v] for v in video_ids if v in by_id]
+
+
 def _claim(db: Database, refs: list[VideoRef], run_id: str) -> list[dict[str, Any]]:
     claimed = []
     for ref in refs:
@@ -163,10 +175,8 @@ def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str
     if plan is None:
         raise LookupError(f"selection {selection_id} has no shard plan (was plan_selection run?)")
     entry = next(sh for sh in plan["shards"] if sh["shard"] == shard)
-    sel_cfg = SelectionConfig.model_validate(plan["config"])
-    spec = parse_selection(sel_cfg, cfg.important_classes)
-    docs = list(db[registry.VIDEOS].find({"_id": {"$in": entry["video_ids"]}}))
-    docs.sort(key=lambda d: entry["video_ids"].index(d["_id"]))
+    sel_cfg, spec = _plan_config(cfg, plan)
+    docs = _videos(db, entry["video_ids"])
     started = time.perf_counter()
     inputs = _inputs(s3, cfg, docs)
     pool_ids, pool_emb = _datapool(s3, db, selection_id)
@@ -287,8 +297,7 @@ def _merge(s3, db, cfg, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
     from framesift.selection import merge_shards, shard_from_bytes
 
     sid = plan["_id"]
-    docs = list(db[registry.VIDEOS].find({"_id": {"$in": plan["video_ids"]}}))
-    docs.sort(key=lambda d: plan["video_ids"].index(d["_id"]))
+    docs = _videos(db, plan["video_ids"])
     try:
         missing = [sh["shard"] for sh in plan["shards"] if not sh.get("uri")]
         if missing:
@@ -297,8 +306,7 @@ def _merge(s3, db, cfg, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
                 "select_shard task failed (see its log); the next run selects these videos again"
             )
         shards = [shard_from_bytes(get_bytes(s3, *parse_s3_uri(sh["uri"]))) for sh in plan["shards"]]
-        sel_cfg = SelectionConfig.model_validate(plan["config"])
-        spec = parse_selection(sel_cfg, cfg.important_classes)
+        sel_cfg, spec = _plan_config(cfg, plan)
         pool_ids, pool_emb = _datapool(s3, db, sid)
         result = merge_shards(shards, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
         union = SelectionInputs.concat([sh.winners for sh in shards])

@@ -61,20 +61,25 @@ class ExportTrainingSetOperator(_LoopOperator):
         return out
 
 
-class ReviewLabelsOperator(_LoopOperator):
-    """Model-label disagreements of the new labels (-> `review_queue`), annotator quality,
-    and a ClearML task with the counts."""
+class _ExportOperator(_LoopOperator):
+    """Base of the stages that take ``export_trainset``'s result (``{"version", "uri"}``)."""
 
     template_fields = ("export",)
-    ui_color = "#fdf3e8"
 
     def __init__(self, *, export: Any = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.export = export
 
+
+class ReviewLabelsOperator(_ExportOperator):
+    """Model-label disagreements of the new labels (-> `review_queue`), annotator quality,
+    and a ClearML task with the counts."""
+
+    ui_color = "#fdf3e8"
+
     def execute(self, context) -> dict[str, Any]:
-        from framesift.review import review_labels
-        from framesift.tracking import RunSpec, record_run
+        from framesift.review import review_labels, run_spec
+        from framesift.tracking import record_run
 
         hook = _hook(self.config_path)
         version = (self.export or {}).get("version")
@@ -82,32 +87,14 @@ class ReviewLabelsOperator(_LoopOperator):
             raise AirflowSkipException("no new training-set version: nothing to review")
         summary = review_labels(hook.s3, hook.db, hook.config, version=version, run_id=context["run_id"])
         self.log.info("review of %s: %s", version, {k: v for k, v in summary.items() if k != "annotators"})
-        spec = RunSpec(
-            project=hook.config.tracking.project_name,
-            task_name=f"framesift_labels {context['run_id']}",
-            task_type="qc",
-            tags=["framesift", "labels", version],
-            offline=hook.config.tracking.offline,
-            params={"trainset_version": version, "review": hook.config.review.model_dump()},
-        )
-        for key in ("reviewed", "flagged", "missed", "spurious", "class_swaps", "poor_localisation"):
-            spec.scalar("review", key, summary.get(key, 0))
-        for who, q in summary["annotators"].items():
-            spec.scalar("annotator accuracy", who, q["accuracy"])
-            spec.scalar("annotator kappa", who, q["kappa"])
+        spec = run_spec(hook.config, summary, version=version, run_id=context["run_id"])
         summary["clearml"] = record_run(spec).url
         return summary
 
 
-class PublishLabelsOperator(_LoopOperator):
+class PublishLabelsOperator(_ExportOperator):
     """Emits the `framesift/labels` asset (its outlet) when a new training-set version was
     written; skipped otherwise, so no retrain run is scheduled for nothing."""
-
-    template_fields = ("export",)
-
-    def __init__(self, *, export: Any = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.export = export
 
     def execute(self, context) -> dict[str, Any]:
         export = self.export or {}
@@ -151,15 +138,20 @@ class TrainOperator(_LoopOperator):
         return {"model_id": doc["_id"], "uri": doc["uri"], "trainset_version": doc["trainset_version"]}
 
 
-class EvaluateOperator(_LoopOperator):
-    """The new model on the fixed test set (and its training frames)."""
+class _ModelOperator(_LoopOperator):
+    """Base of the stages that take the trained model (``{"model_id", ...}``) from XCom."""
 
     template_fields = ("model",)
-    ui_color = "#e8fde9"
 
     def __init__(self, *, model: Any = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.model = model
+
+
+class EvaluateOperator(_ModelOperator):
+    """The new model on the fixed test set (and its training frames)."""
+
+    ui_color = "#e8fde9"
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.training import evaluate_model
@@ -170,15 +162,10 @@ class EvaluateOperator(_LoopOperator):
         return {"model_id": self.model["model_id"], **out}
 
 
-class PromoteOperator(_LoopOperator):
+class PromoteOperator(_ModelOperator):
     """Champion only if better by the margin; then the criteria again on the new numbers."""
 
-    template_fields = ("model",)
     ui_color = "#e8fde9"
-
-    def __init__(self, *, model: Any = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.model = model
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.evaluation import format_decision, gate
