@@ -29,7 +29,7 @@ RUN pip install --no-cache-dir --no-deps -e /opt/airflow
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
 COPY --chown=airflow:0 dags /opt/airflow/dags
 
-# ClearML: close() returns at once; no code diffs recorded (see framesift.stack.CLEARML_CONF)
+# ClearML: close() returns at once; no code diffs recorded (see framesift.local.stack.CLEARML_CONF)
 RUN printf '%s\n' \
         'sdk {' \
         '  development {' \
@@ -52,4 +52,4 @@ ENV PYTHONPATH=/opt/airflow/plugins:/opt/airflow/include \
     CLEARML_CACHE_DIR=/opt/airflow/var/clearml/cache
 
 # the image must import the DAGs it ships (fails the build on a broken import)
-RUN python -c "import framesift, framesift_airflow.operators; from framesift.config import load_config; load_config()"
+RUN python -c "import framesift, framesift_airflow.operators; from framesift.config.loading import load_config; load_config()"

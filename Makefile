@@ -67,7 +67,7 @@ airflow-db: $(AIRFLOW_DB)
 # Label Studio is a separate service with its own virtualenv (var/labelstudio/venv), as
 # in production where it runs in its own container; built once, reused afterwards.
 labelstudio: $(STAMP)
-	$(PY) -m framesift.labelstudio_service --prepare
+	$(PY) -m framesift.local.label_studio --prepare
 
 # Postgres and Redis binaries (Debian packages) for the CeleryExecutor test in tests/scale/
 services:

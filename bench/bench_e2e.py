@@ -56,9 +56,9 @@ sys.path[:0] = [str(ROOT / "include"), str(ROOT / "plugins")]
 from bench_extract import ensure_ffmpeg, ffmpeg_version  # noqa: E402
 from common import write_result  # noqa: E402
 
-from framesift import stack  # noqa: E402
-from framesift.storage import make_client, upload  # noqa: E402
-from framesift.synth import make_video  # noqa: E402
+from framesift.io.s3 import make_client, upload  # noqa: E402
+from framesift.local import stack  # noqa: E402
+from framesift.local.synth import make_video  # noqa: E402
 
 BENCH_DIR = VAR / "bench"
 CLIP = BENCH_DIR / "synth_720p30_600s_x264veryfast.mp4"
@@ -114,8 +114,8 @@ def run_framesift(work: Path) -> dict:
     import yaml
     from pymongo import MongoClient
 
-    from framesift.config import load_config
-    from framesift.labelstudio_service import LabelStudioService
+    from framesift.config.loading import load_config
+    from framesift.local.label_studio import LabelStudioService
 
     tag = uuid.uuid4().hex[:8]
     with (
@@ -205,8 +205,8 @@ def run_naive(work: Path) -> dict:
     import torch
     from ultralytics import YOLO
 
-    from framesift.config import load_config
-    from framesift.inference import default_model_path
+    from framesift.config.loading import load_config
+    from framesift.inference.models import default_model_path
 
     cfg = load_config()
     ffmpeg = ensure_ffmpeg()

@@ -25,9 +25,9 @@ import av
 import cv2
 from common import write_result
 
-from framesift.config import ExtractionConfig
-from framesift.synth import make_video
-from framesift.video import extract_frames
+from framesift.config.schema import ExtractionConfig
+from framesift.ingest.extract import extract_frames
+from framesift.local.synth import make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -53,8 +53,8 @@ sys.path[:0] = [str(ROOT / "include")]
 import torch  # noqa: E402  (before ultralytics, which would pin OMP_NUM_THREADS=1)
 from common import write_result  # noqa: E402
 
-from framesift.config import parse_config  # noqa: E402
-from framesift.storage import (  # noqa: E402
+from framesift.config.loading import parse_config  # noqa: E402
+from framesift.io.s3 import (  # noqa: E402
     ensure_bucket,
     get_bytes,
     head,
@@ -126,7 +126,7 @@ def bench_cfg(image_format: str = "png", **inference):
 def prepare_frames(s3, cfg, n: int, work: Path) -> dict:
     """Extract the sample video into S3 and return a manifest of ``n`` frames (frames are
     copied under new names, cycling through the video, when ``n`` exceeds its length)."""
-    from framesift.video import extract_to_s3
+    from framesift.ingest.extract import extract_to_s3
 
     key = f"videos/bbb-{cfg.extraction.image_format}.mp4"
     upload(s3, sample_video(), BUCKET, key)
@@ -161,7 +161,7 @@ def naive_loop(s3, cfg, manifest, yolo, *, embed: bool = False) -> float:
     import cv2
     import numpy as np
 
-    from framesift import predictions as lp
+    from framesift.inference import predictions as lp
 
     bucket, prefix = parse_s3_uri(manifest["frames_prefix"])
     vid = manifest["video_id"]
@@ -190,7 +190,7 @@ def naive_loop(s3, cfg, manifest, yolo, *, embed: bool = False) -> float:
 
 
 def streaming(s3, cfg, manifest, detector) -> float:
-    from framesift.inference import run_inference
+    from framesift.inference.streaming import run_inference
 
     started = time.perf_counter()
     run_inference(s3, cfg, manifest, detector=detector)
@@ -226,7 +226,9 @@ def memory_child(endpoint: str, manifest_path: str) -> None:
     but Linux carries it over from the parent across fork+exec, so in a child of a big
     parent (this benchmark, with torch loaded) it reports the parent's size.
     """
-    from framesift.inference import Detector, default_model_path, run_inference
+    from framesift.inference.detector import Detector
+    from framesift.inference.models import default_model_path
+    from framesift.inference.streaming import run_inference
 
     s3 = make_client(endpoint_url=endpoint)
     cfg = bench_cfg("jpg")
@@ -317,7 +319,8 @@ def main() -> None:
     import numpy as np
     from ultralytics import YOLO
 
-    from framesift.inference import Detector, default_model_path
+    from framesift.inference.detector import Detector
+    from framesift.inference.models import default_model_path
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=N_FRAMES)

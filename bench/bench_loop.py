@@ -41,7 +41,7 @@ def write(out: dict) -> None:
 
 
 def main() -> int:
-    from framesift.simulate import SimSettings, run_local
+    from framesift.loop.simulate import SimSettings, run_local
 
     settings = SimSettings(
         rounds=int(os.environ.get("LOOP_ROUNDS", 4)),

@@ -37,8 +37,10 @@ from common import write_result
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from framesift import scores as scoring  # noqa: E402
-from framesift.selection import SelectionInputs, parse_selection, select  # noqa: E402
+from framesift.selection import scores as scoring  # noqa: E402
+from framesift.selection.engine import select  # noqa: E402
+from framesift.selection.inputs import SelectionInputs  # noqa: E402
+from framesift.selection.spec import parse_selection  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "selection.json"
 DIM = 256

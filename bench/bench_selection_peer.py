@@ -52,7 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_selection import bench_spec, machine, make_synthetic  # noqa: E402
 
-from framesift.selection import SelectionInputs, coverage, parse_selection, select  # noqa: E402
+from framesift.selection.engine import select  # noqa: E402
+from framesift.selection.inputs import SelectionInputs  # noqa: E402
+from framesift.selection.metrics import coverage  # noqa: E402
+from framesift.selection.spec import parse_selection  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "selection_peer.json"
 N = 100_000

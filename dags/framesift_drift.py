@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
-from framesift.config import load_config
+from framesift.config.loading import load_config
 from framesift_airflow.assets import inference_asset
 from framesift_airflow.drift_operators import (
     DeliverAlertsOperator,

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from framesift.config import load_config
-from framesift.presets import PRESETS
+from framesift.config.loading import load_config
+from framesift.selection.presets import PRESETS
 from framesift_airflow.assets import inference_asset, uploads_asset
 from framesift_airflow.operators import (
     ExtractFramesOperator,

@@ -31,7 +31,7 @@ Path(os.environ["TMPDIR"]).mkdir(parents=True, exist_ok=True)
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Moto (S3+SQS) and SecantusDB on loopback, with Airflow connections in the env."""
-    from framesift.stack import EmbeddedStack
+    from framesift.local.stack import EmbeddedStack
 
     with EmbeddedStack(tmp_path_factory.mktemp("stack")) as info:
         saved = {k: os.environ.get(k) for k in info.env()}
@@ -46,7 +46,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3(stack):
-    from framesift.storage import make_client
+    from framesift.io.s3 import make_client
 
     return make_client(endpoint_url=stack.s3_endpoint)
 
@@ -88,7 +88,7 @@ def isolated(stack, tmp_path, monkeypatch):
     path = tmp_path / "framesift.yaml"
     path.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("FRAMESIFT_CONFIG", str(path))
-    from framesift.config import load_config
+    from framesift.config.loading import load_config
 
     return load_config(path)
 
@@ -102,7 +102,7 @@ def db(mongo, isolated):
 def label_studio(tmp_path_factory):
     """A real Label Studio server (its own venv, built once under var/labelstudio), with the
     Airflow connection `framesift_labeling` pointing at it."""
-    from framesift.labelstudio_service import LabelStudioService
+    from framesift.local.label_studio import LabelStudioService
 
     svc = LabelStudioService(data_dir=tmp_path_factory.mktemp("labelstudio") / "data", from_template=True)
     info = svc.start()

@@ -11,15 +11,21 @@ from pathlib import Path
 
 import yaml
 
-from framesift import stack
-from framesift.config import ConfigError, PipelineConfig, load_config
+from framesift.config.loading import load_config
+from framesift.config.schema import ConfigError, PipelineConfig
+from framesift.drift import incidents
+from framesift.drift.monitor import compute, format_report
+from framesift.ingest.discovery import find_new_videos
+from framesift.ingest.registry import count_by_status, ensure_indexes, recent, register
+from framesift.ingest.stage import extract_one
+from framesift.io.s3 import head, make_client, parse_s3_uri
+from framesift.local import stack
+from framesift.tracking.runs import format_run, recent_runs
 
 
 def connect(cfg: PipelineConfig):
     """S3 client and Mongo database from the environment, else from a running `stack up`."""
     from pymongo import MongoClient
-
-    from framesift.storage import make_client
 
     env = {**stack.env_from_state(), **os.environ}
     mongo_uri = env.get("FRAMESIFT_MONGO_URI")
@@ -71,7 +77,6 @@ def cmd_config(args) -> int:
 
 
 def cmd_discover(args) -> int:
-    from framesift.discovery import find_new_videos
 
     cfg = load_config(args.config)
     s3, db = connect(cfg)
@@ -83,9 +88,6 @@ def cmd_discover(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from framesift.ingest import extract_one
-    from framesift.registry import ensure_indexes, register
-    from framesift.storage import head, parse_s3_uri
 
     cfg = load_config(args.config)
     s3, db = connect(cfg)
@@ -108,7 +110,6 @@ def cmd_extract(args) -> int:
 
 
 def cmd_videos(args) -> int:
-    from framesift.registry import count_by_status, recent
 
     cfg = load_config(args.config)
     _, db = connect(cfg)
@@ -123,8 +124,6 @@ def cmd_videos(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from framesift.registry import count_by_status
-    from framesift.runs import format_run, recent_runs
 
     cfg = load_config(args.config)
     _, db = connect(cfg)
@@ -140,7 +139,6 @@ def cmd_status(args) -> int:
 
 
 def cmd_drift(args) -> int:
-    from framesift import alerts
 
     cfg = load_config(args.config)
     s3, db = connect(cfg)
@@ -148,17 +146,18 @@ def cmd_drift(args) -> int:
         if not args.incident:
             print("usage: framesift drift ack INCIDENT_ID", file=sys.stderr)
             return 2
-        doc = alerts.ack(db, args.incident, args.by or os.environ.get("USER") or "cli")
+        doc = incidents.ack(db, args.incident, args.by or os.environ.get("USER") or "cli")
         print(f"acked {doc['_id']}" if doc else f"no open incident {args.incident}")
         return 0 if doc else 1
-    from framesift.drift import compute, format_report
 
     print(format_report(compute(s3, db, cfg)))
-    incidents = alerts.open_incidents(db)
-    print(f"\nopen incidents: {len(incidents)}")
-    for inc in incidents:
+    open_ones = incidents.open_incidents(db)
+    print(f"\nopen incidents: {len(open_ones)}")
+    for inc in open_ones:
         values = ", ".join(
-            f"{v['name']} {v['value']:.4g}/{v['threshold']:g}" for v in inc.get("values") or [] if v.get("value") is not None
+            f"{v['name']} {v['value']:.4g}/{v['threshold']:g}"
+            for v in inc.get("values") or []
+            if v.get("value") is not None
         )
         print(
             f"  {inc['_id']}  {inc['state']} {inc['level']}  first {inc['first_seen']:%Y-%m-%d %H:%M}"
@@ -168,13 +167,13 @@ def cmd_drift(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from framesift.demo import run_demo
+    from framesift.local.demo import run_demo  # PyAV/OpenCV (generated videos) load only here
 
     return run_demo(keep_stack=args.keep)
 
 
 def cmd_simulate(args) -> int:
-    from framesift.simulate import SimSettings, run_local
+    from framesift.loop.simulate import SimSettings, run_local  # PyAV/OpenCV load only here
 
     settings = SimSettings(
         rounds=args.rounds,

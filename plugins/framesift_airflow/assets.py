@@ -6,7 +6,7 @@ import os
 
 from airflow.sdk import Asset, AssetWatcher
 
-from framesift.config import PipelineConfig
+from framesift.config.schema import PipelineConfig
 
 
 def uploads_asset(cfg: PipelineConfig, config_path: str | None = None) -> Asset:

@@ -18,7 +18,7 @@ def _hook(config_path):
 
 
 def _report_uri(cfg, run_id: str) -> str:
-    from framesift.storage import join_key, s3_uri
+    from framesift.io.s3 import join_key, s3_uri
 
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
     return s3_uri(
@@ -27,7 +27,7 @@ def _report_uri(cfg, run_id: str) -> str:
 
 
 def _read_report(hook, uri: str) -> dict[str, Any]:
-    from framesift.storage import get_json, parse_s3_uri
+    from framesift.io.s3 import get_json, parse_s3_uri
 
     return get_json(hook.s3, *parse_s3_uri(uri))
 
@@ -43,8 +43,8 @@ class DriftSignalsOperator(BaseOperator):
         self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.drift import compute, format_report
-        from framesift.storage import parse_s3_uri, put_json
+        from framesift.drift.monitor import compute, format_report
+        from framesift.io.s3 import parse_s3_uri, put_json
 
         hook = _hook(self.config_path)
         report = compute(hook.s3, hook.db, hook.config)
@@ -70,9 +70,9 @@ class DriftRunRecordOperator(_ReportOperator):
     operator_extra_links = (ClearMLRunLink(),)
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift import runs
-        from framesift.drift import run_spec
-        from framesift.tracking import record_run
+        from framesift.drift.monitor import run_spec
+        from framesift.tracking import runs
+        from framesift.tracking.clearml import record_run
 
         hook = _hook(self.config_path)
         report = _read_report(hook, self.signals["report_uri"])
@@ -98,7 +98,7 @@ class UpdateIncidentsOperator(_ReportOperator):
     """Open, update, escalate or resolve incidents (Mongo ``alerts``); queue their alerts."""
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.alerts import update_incidents
+        from framesift.drift.incidents import update_incidents
 
         hook = _hook(self.config_path)
         report = _read_report(hook, self.signals["report_uri"])
@@ -128,8 +128,8 @@ class DeliverAlertsOperator(BaseOperator):
         self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.alerts import deliver, render_message
-        from framesift.storage import http_url
+        from framesift.drift.incidents import deliver, render_message
+        from framesift.io.s3 import http_url
         from framesift_airflow.notifiers import notifier_for
 
         hook = _hook(self.config_path)
@@ -162,7 +162,7 @@ class DriftLabelingOperator(_ReportOperator):
     sequences tagged ``drift`` (exactly once per window)."""
 
     def execute(self, context) -> list[dict[str, Any]]:
-        from framesift.drift_response import respond
+        from framesift.drift.response import respond
 
         hook = _hook(self.config_path)
         if not hook.config.drift.labeling.enabled:

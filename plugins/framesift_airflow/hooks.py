@@ -7,7 +7,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from framesift.config import PipelineConfig, load_config
+from framesift.config.loading import load_config
+from framesift.config.schema import PipelineConfig
 
 
 class FramesiftHook(BaseHook):
@@ -50,6 +51,6 @@ class FramesiftHook(BaseHook):
         return {k: v for k, v in {**fields, **conn.extra_dejson}.items() if v not in (None, "")}
 
     def labeling_backend(self):
-        from framesift.labeling.base import get_backend
+        from framesift.labeling.factory import get_backend
 
         return get_backend(self.config, self.labeling_credentials(), self.s3)

@@ -20,7 +20,7 @@ def _hook(config_path):
 
 
 def _work_dir() -> str:
-    from framesift.stack import var_dir
+    from framesift.local.stack import var_dir
 
     path = var_dir() / "work" / "training"
     path.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ class SyncLabelsOperator(_LoopOperator):
     ui_color = "#fdf3e8"
 
     def execute(self, context) -> dict[str, int]:
-        from framesift.labeling_queue import sync_status
+        from framesift.labeling.queue import sync_status
 
         hook = _hook(self.config_path)
         counts = sync_status(hook.db, hook.labeling_backend())
@@ -53,7 +53,7 @@ class ExportTrainingSetOperator(_LoopOperator):
     ui_color = "#fdf3e8"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.trainset import export
+        from framesift.loop.trainset import export
 
         hook = _hook(self.config_path)
         out = export(hook.s3, hook.db, hook.config, hook.labeling_backend(), run_id=context["run_id"])
@@ -78,8 +78,8 @@ class ReviewLabelsOperator(_ExportOperator):
     ui_color = "#fdf3e8"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.review import review_labels, run_spec
-        from framesift.tracking import record_run
+        from framesift.loop.review import review_labels, run_spec
+        from framesift.tracking.clearml import record_run
 
         hook = _hook(self.config_path)
         version = (self.export or {}).get("version")
@@ -116,7 +116,7 @@ class RetrainGateOperator(ShortCircuitOperator):
         self.config_path = config_path
 
     def _decide(self, **context) -> bool:
-        from framesift.evaluation import CONTINUE, format_decision, gate
+        from framesift.loop.gate import CONTINUE, format_decision, gate
 
         hook = _hook(self.config_path)
         decision = gate(hook.s3, hook.db, hook.config, run_id=context["run_id"])
@@ -131,7 +131,7 @@ class TrainOperator(_LoopOperator):
     ui_color = "#e8fde9"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.training import train_model
+        from framesift.loop.training import train_model
 
         hook = _hook(self.config_path)
         doc = train_model(hook.s3, hook.db, hook.config, run_id=context["run_id"], work_dir=_work_dir())
@@ -154,7 +154,7 @@ class EvaluateOperator(_ModelOperator):
     ui_color = "#e8fde9"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.training import evaluate_model
+        from framesift.loop.training import evaluate_model
 
         hook = _hook(self.config_path)
         out = evaluate_model(hook.s3, hook.db, hook.config, self.model["model_id"], work_dir=_work_dir())
@@ -168,8 +168,8 @@ class PromoteOperator(_ModelOperator):
     ui_color = "#e8fde9"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.evaluation import format_decision, gate
-        from framesift.training import promote
+        from framesift.loop.gate import format_decision, gate
+        from framesift.loop.training import promote
 
         hook = _hook(self.config_path)
         result = promote(
@@ -190,8 +190,8 @@ class RecordTrainingRunOperator(_LoopOperator):
     """One ClearML training task per retrain run, whatever happened to the training."""
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.tracking import record_run
-        from framesift.training import run_spec
+        from framesift.loop.training import run_spec
+        from framesift.tracking.clearml import record_run
 
         hook = _hook(self.config_path)
         tracked = record_run(run_spec(hook.db, hook.config, context["run_id"]))

@@ -17,7 +17,7 @@ def _run_id(context) -> str:
 
 
 def _work_dir() -> str:
-    from framesift.stack import var_dir
+    from framesift.local.stack import var_dir
 
     path = var_dir() / "work"
     path.mkdir(parents=True, exist_ok=True)
@@ -52,7 +52,7 @@ class RegisterUploadsOperator(BaseOperator):
         self.config_path = config_path
 
     def execute(self, context) -> list[dict[str, Any]]:
-        from framesift.ingest import register_uploads
+        from framesift.ingest.stage import register_uploads
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
@@ -81,7 +81,7 @@ class _PerVideoOperator(BaseOperator):
         """The video ref, from a registration entry or an upstream stage's outcome."""
         from dataclasses import fields
 
-        from framesift.registry import VideoRef
+        from framesift.ingest.registry import VideoRef
 
         return VideoRef(**{f.name: self.video[f.name] for f in fields(VideoRef)})
 
@@ -104,8 +104,8 @@ class ExtractFramesOperator(_PerVideoOperator):
     ui_color = "#fdf3e8"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.ingest import extract_one
-        from framesift.registry import EXTRACTED, INFERRED, INFERRING
+        from framesift.ingest.registry import EXTRACTED, INFERRED, INFERRING
+        from framesift.ingest.stage import extract_one
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
@@ -132,8 +132,8 @@ class InferOperator(_PerVideoOperator):
     ui_color = "#f3e8fd"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.ingest import infer_one
-        from framesift.registry import INFERRED
+        from framesift.inference.stage import infer_one
+        from framesift.ingest.registry import INFERRED
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
@@ -152,9 +152,11 @@ class InferOperator(_PerVideoOperator):
 
 
 def _video_refs(videos: Any) -> list:
-    from framesift.registry import VideoRef
+    from framesift.ingest.registry import VideoRef
 
-    return [VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")}) for v in videos or []]
+    return [
+        VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")}) for v in videos or []
+    ]
 
 
 class _BatchOperator(BaseOperator):
@@ -178,8 +180,8 @@ class PlanSelectionOperator(_BatchOperator):
     ui_color = "#e8fdf6"
 
     def execute(self, context) -> list[dict[str, Any]]:
-        from framesift.presets import selection_overrides
-        from framesift.select_batch import plan_selection
+        from framesift.selection.batch import plan_selection
+        from framesift.selection.presets import selection_overrides
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
@@ -205,12 +207,15 @@ class SelectShardOperator(BaseOperator):
         self.config_path = config_path
 
     def execute(self, context) -> str:
-        from framesift.select_batch import select_one_shard
+        from framesift.selection.batch import select_one_shard
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
         self.log.info(
-            "shard %s: %s frames of %s video(s)", self.shard["shard"], self.shard["frames"], self.shard["videos"]
+            "shard %s: %s frames of %s video(s)",
+            self.shard["shard"],
+            self.shard["frames"],
+            self.shard["videos"],
         )
         return select_one_shard(
             hook.s3, hook.db, hook.config, selection_id=self.shard["selection_id"], shard=self.shard["shard"]
@@ -229,10 +234,10 @@ class SelectFramesOperator(_BatchOperator):
     ui_color = "#e8fdf6"
 
     def execute(self, context) -> list[dict[str, Any]]:
-        from framesift.presets import selection_overrides
-        from framesift.push import push_items
-        from framesift.select_batch import select_batch
-        from framesift.storage import http_url
+        from framesift.io.s3 import http_url
+        from framesift.labeling.push import push_items
+        from framesift.selection.batch import select_batch
+        from framesift.selection.presets import selection_overrides
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
@@ -275,7 +280,7 @@ class PushSequenceOperator(_PerVideoOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from framesift.labeling.base import BackendError, BadCredentials, FrameMissing
-        from framesift.push import push_video
+        from framesift.labeling.push import push_video
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)
@@ -313,9 +318,9 @@ class IngestSummaryOperator(_BatchOperator):
     ui_color = "#eefde8"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift import runs
-        from framesift.ingest import run_videos, summarize
-        from framesift.tracking import record_run
+        from framesift.ingest.stage import run_videos, summarize
+        from framesift.tracking import runs
+        from framesift.tracking.clearml import record_run
         from framesift_airflow.hooks import FramesiftHook
 
         hook = FramesiftHook(self.config_path)

@@ -36,7 +36,7 @@ class NewVideosTrigger(BaseEventTrigger):
 
     @staticmethod
     def _poll(hook, prefix: str | None) -> list[dict[str, Any]]:
-        from framesift.discovery import find_new_videos
+        from framesift.ingest.discovery import find_new_videos
 
         found = find_new_videos(hook.s3, hook.db, hook.config, prefix)
         return [{"bucket": o.bucket, "key": o.key, "etag": o.etag, "size": o.size} for o in found]

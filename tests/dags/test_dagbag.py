@@ -2,7 +2,7 @@
 
 import pytest
 
-from framesift.stack import project_root
+from framesift.local.stack import project_root
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_dag_files_stay_light():
 
 @pytest.mark.parametrize("mode", ["list", "sqs"])
 def test_uploads_asset_watcher_follows_discovery_mode(mode):
-    from framesift.config import parse_config
+    from framesift.config.loading import parse_config
     from framesift_airflow.assets import uploads_asset
 
     cfg = parse_config({"discovery": {"mode": mode, "sqs_queue_url": "http://127.0.0.1:1/123456789012/q"}})
@@ -106,9 +106,9 @@ def test_ingest_trigger_form_schema_and_validation(dagbag):
 
 
 def test_presets_map_onto_the_selection_config():
-    from framesift.config import parse_config
-    from framesift.presets import PRESETS, selection_overrides
-    from framesift.selection import parse_selection
+    from framesift.config.loading import parse_config
+    from framesift.selection.presets import PRESETS, selection_overrides
+    from framesift.selection.spec import parse_selection
 
     assert selection_overrides({}) == {}
     assert selection_overrides({"n_samples": 10, "proportion_samples": 0.5}) == {

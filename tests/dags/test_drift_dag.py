@@ -20,11 +20,12 @@ import uuid
 import pytest
 import yaml
 
-from framesift import alerts, drift
-from framesift.config import load_config
-from framesift.stack import project_root
-from framesift.storage import upload
-from framesift.synth import make_video
+from framesift.config.loading import load_config
+from framesift.drift import incidents as alerts
+from framesift.drift import monitor
+from framesift.io.s3 import upload
+from framesift.local.stack import project_root
+from framesift.local.synth import make_video
 from tests.driftshifts import SHIFTS, shifted_copy
 from tests.listener import Listener
 
@@ -37,9 +38,10 @@ SHIFTED = tuple(f"cam1-{s}/" for s in SHIFTS)
 @pytest.fixture(scope="module")
 def world(stack, s3, mongo, tmp_path_factory):
     """Config, uploads, and every clip extracted and inferred (reference clips first)."""
-    from framesift.inference import Detector
-    from framesift.ingest import extract_one, infer_one, register_uploads
-    from framesift.stack import var_dir
+    from framesift.inference.detector import Detector
+    from framesift.inference.stage import infer_one
+    from framesift.ingest.stage import extract_one, register_uploads
+    from framesift.local.stack import var_dir
 
     tmp = tmp_path_factory.mktemp("drift")
     tag = uuid.uuid4().hex[:8]
@@ -111,18 +113,18 @@ def world(stack, s3, mongo, tmp_path_factory):
 def test_each_shift_is_detected_in_one_window_and_new_footage_is_not(world, s3):
     cfg, db, prefix = world["cfg"], world["db"], world["prefix"]
     assert db.videos.count_documents({"status": "inferred"}) == len(CAMERAS) * 2 + len(SHIFTS)
-    report = drift.compute(s3, db, cfg)
-    print(drift.format_report(report))  # shown with -s: the values behind the thresholds
+    report = monitor.compute(s3, db, cfg)
+    print(monitor.format_report(report))  # shown with -s: the values behind the thresholds
     ref = report["reference"]
     assert ref["frames"] == 66 and sorted(ref["videos"]) == [f"{prefix}cam{c}/early.mp4" for c in CAMERAS]
     windows = {w["source"][len(prefix) :]: w for w in report["windows"]}
     assert set(windows) == {f"cam{c}/" for c in CAMERAS} | set(SHIFTED)
     for cam in CAMERAS:  # new footage of a known camera, against that camera's reference
         w = windows[f"cam{cam}/"]
-        assert w["reference"] == "own" and w["level"] == "normal", drift.format_report({"windows": [w]})
+        assert w["reference"] == "own" and w["level"] == "normal", monitor.format_report({"windows": [w]})
     for source in SHIFTED:  # one window (25 frames, 10 s at 2.5 fps) is enough
         w = windows[source]
-        assert w["n_frames"] == 25 and w["level"] in ("warning", "critical"), drift.format_report(
+        assert w["n_frames"] == 25 and w["level"] in ("warning", "critical"), monitor.format_report(
             {"windows": [w]}
         )
         assert w["families"]["embedding"] in ("warning", "critical")

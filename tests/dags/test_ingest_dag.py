@@ -2,10 +2,10 @@
 
 import pytest
 
-from framesift import layout
-from framesift.stack import project_root
-from framesift.storage import get_bytes, list_objects, parse_s3_uri, upload
-from framesift.synth import make_video
+from framesift.io import layout
+from framesift.io.s3 import get_bytes, list_objects, parse_s3_uri, upload
+from framesift.local.stack import project_root
+from framesift.local.synth import make_video
 from tests.videofaults import corrupted_copy, text_file
 
 pytestmark = pytest.mark.slow
@@ -159,7 +159,7 @@ def check_run_record_and_clearml(dag, dr, db, cfg):
     assert scalars[("frames", "written")] == doc["summary"]["frames_written"] > 0
     assert scalars[("duration_s", "extract")] > 0
     assert "pipeline" in task["configuration"]
-    from framesift.stack import TEST_SECRET
+    from framesift.local.stack import TEST_SECRET
 
     with zipfile.ZipFile(doc["clearml"]["offline_zip"]) as z:  # no credential anywhere in the session
         assert not [n for n in z.namelist() if TEST_SECRET.encode() in z.read(n)]
@@ -229,7 +229,7 @@ def check_selection_and_push(s3, db, cfg, states, info):
     """One selection over the batch, its report in S3, one sequence per video in Label Studio."""
     import requests
 
-    from framesift.storage import exists, parse_s3_uri
+    from framesift.io.s3 import exists, parse_s3_uri
 
     (sel,) = db.selections.find()
     assert sel["state"] == "done" and sel["budget"] == len(sel["selected"]) == 6

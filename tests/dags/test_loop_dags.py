@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import yaml
 
-from framesift import labeling_queue as lq
-from framesift import layout
-from framesift.config import load_config
-from framesift.labeling import build_request, get_backend
-from framesift.simulate import ScriptedAnnotator
-from framesift.stack import project_root
-from framesift.storage import put_bytes
-from framesift.synth import _Painter, ground_truth
+from framesift.config.loading import load_config
+from framesift.io import layout
+from framesift.io.s3 import put_bytes
+from framesift.labeling import queue as lq
+from framesift.labeling.base import build_request
+from framesift.labeling.factory import get_backend
+from framesift.local.stack import project_root
+from framesift.local.synth import Painter, ground_truth
+from framesift.loop.simulate import ScriptedAnnotator
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def configure(isolated, **sections):
 
 
 def put_frames(s3, cfg, n, seed=3):
-    painter = _Painter(320, 240, 5, np.random.default_rng(seed))
+    painter = Painter(320, 240, 5, np.random.default_rng(seed))
     names = []
     for i in range(n):
         ok, png = cv2.imencode(".png", painter.paint(float(i)))
@@ -112,8 +113,8 @@ def test_labels_dag_exports_a_version_and_emits_the_asset_once(bag, isolated, s3
 
 def labeled_trainset(s3, db, cfg, n=8):
     """A training-set version from labels of generated frames (the export path, a stand-in platform)."""
-    from framesift import trainset
     from framesift.labeling.base import DONE, Box, FrameAnnotation
+    from framesift.loop import trainset
 
     names = put_frames(s3, cfg, n)
     db[lq.COLLECTION].insert_one(
@@ -142,7 +143,7 @@ def labeled_trainset(s3, db, cfg, n=8):
 
 
 def test_retrain_gate_hold_stop_and_continue(bag, isolated, s3, db, tmp_path):
-    from framesift import trainset
+    from framesift.loop import trainset
 
     dag = bag.get_dag("framesift_retrain")
     tiny = {"base_model": "yolov8n.yaml", "epochs": 1, "imgsz": 64, "batch": 4, "device": "cpu"}
@@ -158,7 +159,7 @@ def test_retrain_gate_hold_stop_and_continue(bag, isolated, s3, db, tmp_path):
     assert hold["outcome"] == "hold" and hold["reason"].startswith("test_set")
 
     # stop: the labeling budget is spent
-    painter = _Painter(320, 240, 5, np.random.default_rng(9))
+    painter = Painter(320, 240, 5, np.random.default_rng(9))
     items = []
     for i in range(4):
         ok, png = cv2.imencode(".png", painter.paint(i + 0.5))
@@ -187,6 +188,6 @@ def test_retrain_gate_hold_stop_and_continue(bag, isolated, s3, db, tmp_path):
     record = next(t for t in dr.get_task_instances() if t.task_id == "record")
     assert record.xcom_pull(task_ids="record")["url"].startswith("file://")
     # and the next ingest's inference would load the champion
-    from framesift.training import serving_config
+    from framesift.io.model_registry import serving_config
 
     assert serving_config(db, cfg).inference.model_uri == model["uri"]

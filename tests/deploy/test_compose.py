@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from framesift.config import DEFAULT_CONFIG_PATH, load_config
+from framesift.config.loading import DEFAULT_CONFIG_PATH, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yaml"

@@ -32,11 +32,11 @@ import pytest
 import requests
 import yaml
 
-from framesift import layout
-from framesift.config import load_config
-from framesift.stack import project_root
-from framesift.storage import list_objects, upload
-from framesift.synth import make_video
+from framesift.config.loading import load_config
+from framesift.io import layout
+from framesift.io.s3 import list_objects, upload
+from framesift.local.stack import project_root
+from framesift.local.synth import make_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

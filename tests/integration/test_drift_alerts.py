@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from framesift import alerts
-from framesift.config import parse_config
+from framesift.config.loading import parse_config
+from framesift.drift import incidents as alerts
 from tests.listener import Listener
 
 pytestmark = pytest.mark.slow
@@ -141,7 +141,7 @@ def listener(monkeypatch):
 
 
 def _deliver(db, s3=None):
-    from framesift.storage import http_url
+    from framesift.io.s3 import http_url
     from framesift_airflow.notifiers import notifier_for
 
     def render(incident, item):

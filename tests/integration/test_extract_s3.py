@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError
 
-from framesift import layout
-from framesift.config import parse_config
-from framesift.storage import ensure_bucket, get_json, head, list_objects, make_client, put_bytes, upload
-from framesift.synth import make_video
-from framesift.video import extract_to_s3
+from framesift.config.loading import parse_config
+from framesift.ingest.extract import extract_to_s3
+from framesift.io import layout
+from framesift.io.s3 import ensure_bucket, get_json, head, list_objects, make_client, put_bytes, upload
+from framesift.local.synth import make_video
 from tests import videofaults
 
 pytestmark = pytest.mark.slow

@@ -11,12 +11,15 @@ import logging
 import numpy as np
 import pytest
 
-from framesift import inference, layout
-from framesift import predictions as lp
-from framesift.inference import Detector, ModelError, default_model_path, resolve_model, run_inference
-from framesift.storage import get_json, head, list_objects, parse_s3_uri, put_bytes, upload
-from framesift.synth import make_video
-from framesift.video import extract_to_s3
+from framesift.inference import predictions as lp
+from framesift.inference import streaming
+from framesift.inference.detector import Detector
+from framesift.inference.models import ModelError, default_model_path, resolve_model
+from framesift.inference.streaming import run_inference
+from framesift.ingest.extract import extract_to_s3
+from framesift.io import layout
+from framesift.io.s3 import get_json, head, list_objects, parse_s3_uri, put_bytes, upload
+from framesift.local.synth import make_video
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +153,7 @@ def test_corrupt_missing_and_empty_frames_are_counted(s3, cfg, detector, tmp_pat
     put_bytes(s3, bucket, prefix + names[4], b"")
     s3.delete_object(Bucket=bucket, Key=prefix + names[7])
 
-    monkeypatch.setattr(inference, "PROGRESS_EVERY_S", 0.0)  # a progress line per batch
+    monkeypatch.setattr(streaming, "PROGRESS_EVERY_S", 0.0)  # a progress line per batch
     cfg.inference.batch_size = 4
     with caplog.at_level(logging.INFO, logger="framesift.inference"):
         summary = run_inference(s3, cfg, manifest, detector=detector)

@@ -22,21 +22,21 @@ from pathlib import Path
 import pytest
 import requests
 
-from framesift import labeling_queue as lq
-from framesift.config import parse_config
-from framesift.labeling import (
+from framesift.config.loading import parse_config
+from framesift.ingest.extract import extract_to_s3
+from framesift.io.s3 import get_bytes, head, list_objects, put_bytes, upload
+from framesift.labeling import queue as lq
+from framesift.labeling.base import (
     DONE,
     IN_QUEUE,
     BackendUnavailable,
     BadCredentials,
     FrameMissing,
     build_request,
-    get_backend,
 )
-from framesift.labeling.label_studio import px_to_ls
-from framesift.storage import get_bytes, head, list_objects, put_bytes, upload
-from framesift.synth import make_video
-from framesift.video import extract_to_s3
+from framesift.labeling.factory import get_backend
+from framesift.labeling.label_studio.tasks import px_to_ls
+from framesift.local.synth import make_video
 
 pytestmark = pytest.mark.slow
 
@@ -250,10 +250,11 @@ def test_a_push_interrupted_mid_sequence_resumes_with_the_missing_parts(label_st
 CRASHING_PUSH = r"""
 import json, os, sys
 from pymongo import MongoClient
-from framesift import labeling_queue as lq
-from framesift.config import parse_config
-from framesift.labeling import build_request, get_backend
-from framesift.storage import make_client
+from framesift.config.loading import parse_config
+from framesift.io.s3 import make_client
+from framesift.labeling import queue as lq
+from framesift.labeling.base import build_request
+from framesift.labeling.factory import get_backend
 
 args = json.loads(sys.argv[1])
 cfg = parse_config(args["cfg"])

@@ -17,12 +17,14 @@ import cv2
 import pytest
 import yaml
 
-from framesift import evaluation, layout, training, trainset
-from framesift import labeling_queue as lq
-from framesift.config import parse_config
+from framesift.config.loading import parse_config
+from framesift.io import layout
+from framesift.io.s3 import get_bytes, list_objects, parse_s3_uri, put_bytes
+from framesift.labeling import queue as lq
 from framesift.labeling.base import DONE, Box, FrameAnnotation
-from framesift.storage import get_bytes, list_objects, parse_s3_uri, put_bytes
-from framesift.synth import _Painter, ground_truth
+from framesift.local.synth import Painter, ground_truth
+from framesift.loop import gate as evaluation
+from framesift.loop import training, trainset
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +61,7 @@ def frames(cfg, s3):
     """N frames of a generated clip in S3, with Lightly names, like an extraction writes them."""
     import numpy as np
 
-    painter = _Painter(320, 240, 5, np.random.default_rng(3))
+    painter = Painter(320, 240, 5, np.random.default_rng(3))
     prefix = layout.frames_prefix(cfg, VID)
     for i in range(N):
         ok, png = cv2.imencode(".png", painter.paint(float(i)))
@@ -214,7 +216,7 @@ def test_bad_annotations_are_clipped_or_rejected_with_records_and_partial_result
 def make_test_set(s3, cfg, seed=7, n=6):
     import numpy as np
 
-    painter = _Painter(320, 240, 5, np.random.default_rng(seed))
+    painter = Painter(320, 240, 5, np.random.default_rng(seed))
     items = []
     for i in range(n):
         t = 0.5 + i

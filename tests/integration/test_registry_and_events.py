@@ -6,10 +6,10 @@ import json
 import pytest
 from pymongo.errors import DuplicateKeyError
 
-from framesift import registry
-from framesift.discovery import find_new_videos, objects_from_s3_event
-from framesift.ingest import register_uploads
-from framesift.storage import S3Object, head, put_bytes
+from framesift.ingest import registry
+from framesift.ingest.discovery import find_new_videos, objects_from_s3_event
+from framesift.ingest.stage import register_uploads
+from framesift.io.s3 import S3Object, head, put_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +128,7 @@ def test_register_uploads_caps_the_batch_and_drains_the_backlog(s3, db, isolated
 def test_overlapping_runs_take_new_uploads_before_each_others_videos(s3, db, isolated):
     """A run starting while another works on its batch takes new uploads first; a video
     left half way by a run that stopped (idle for RESUME_IDLE) comes before both."""
-    from framesift.ingest import RESUME_IDLE
+    from framesift.ingest.stage import RESUME_IDLE
 
     cfg = isolated.model_copy(
         update={"discovery": isolated.discovery.model_copy(update={"max_videos_per_run": 2})}

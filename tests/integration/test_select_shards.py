@@ -2,9 +2,9 @@
 
 import pytest
 
-from framesift import registry
-from framesift.registry import VideoRef
-from framesift.select_batch import plan_selection, select_batch, selection_id
+from framesift.ingest import registry
+from framesift.ingest.registry import VideoRef
+from framesift.selection.batch import plan_selection, select_batch, selection_id
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,11 @@ def test_plan_packs_whole_videos_and_a_retry_returns_the_same_shards(s3, db, iso
     cfg = isolated.model_copy(deep=True)
     cfg.selection.shard_max_frames = 100
     shards = plan_selection(s3, db, cfg, refs, run_id="r1")
-    assert [(s["shard"], s["videos"], s["frames"]) for s in shards] == [("0", 2, 80), ("1", 2, 80), ("2", 1, 40)]
+    assert [(s["shard"], s["videos"], s["frames"]) for s in shards] == [
+        ("0", 2, 80),
+        ("1", 2, 80),
+        ("2", 1, 40),
+    ]
     assert {d["status"] for d in db.videos.find()} == {registry.SELECTING}
     assert plan_selection(s3, db, cfg, refs, run_id="r1") == shards  # a task retry
     cfg.selection.shard_max_frames = 500  # fits one worker: no shards, nothing claimed

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from framesift.simulate import SimSettings, run_simulation
+from framesift.loop.simulate import SimSettings, run_simulation
 
 pytestmark = pytest.mark.slow
 

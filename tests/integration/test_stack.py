@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from framesift.stack import _alive, var_dir
+from framesift.local.stack import _alive, var_dir
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def cli(*args, env, check=True):
 
 
 def test_stack_up_env_cli_down(tmp_path):
-    from framesift.synth import make_video
+    from framesift.local.synth import make_video
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "FRAMESIFT_"))}
     env["FRAMESIFT_VAR_DIR"] = str(tmp_path / "var")
@@ -45,7 +45,7 @@ def test_stack_up_env_cli_down(tmp_path):
         assert json.loads(exports["AIRFLOW_CONN_MONGO_DEFAULT"].strip("'"))["port"] == state["mongo_port"]
 
         # the CLI finds the running stack by itself: upload, discover, extract, list
-        from framesift.storage import make_client, upload
+        from framesift.io.s3 import make_client, upload
 
         s3 = make_client(
             endpoint_url=state["s3_endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing"

@@ -33,13 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from framesift.config import load_config
-from framesift.ingest import extract_one, infer_one, register_uploads
-from framesift.labeling.base import get_backend
-from framesift.push import push_items, push_video
-from framesift.select_batch import select_batch
-from framesift.storage import upload
-from framesift.synth import make_video
+from framesift.config.loading import load_config
+from framesift.inference.stage import infer_one
+from framesift.ingest.stage import extract_one, register_uploads
+from framesift.io.s3 import upload
+from framesift.labeling.factory import get_backend
+from framesift.labeling.push import push_items, push_video
+from framesift.local.synth import make_video
+from framesift.selection.batch import select_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -88,7 +89,7 @@ def test_burst_of_200_uploads_drains_in_batches_each_once(burst_cfg, s3, mongo, 
         list(pool.map(make_and_upload, range(N_UPLOADS)))
     t_uploaded = time.monotonic()
 
-    from framesift.inference import Detector
+    from framesift.inference.detector import Detector
 
     detector = Detector.from_config(cfg, s3)
     backend = get_backend(cfg, label_studio.credentials(), s3)

@@ -36,10 +36,10 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from framesift.config import load_config
-from framesift.stack import project_root
-from framesift.storage import upload
-from framesift.synth import make_video
+from framesift.config.loading import load_config
+from framesift.io.s3 import upload
+from framesift.local.stack import project_root
+from framesift.local.synth import make_video
 from tests.e2e.test_rest_e2e import DAG_ID, Airflow, airflow_env
 from tests.scale.services import ENSURE, Postgres, Redis, free_port, missing_binaries
 

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framesift.config import BOOK_KEYS, DEFAULT_CONFIG_PATH, ConfigError, load_config, parse_config
+from framesift.config.loading import BOOK_KEYS, DEFAULT_CONFIG_PATH, load_config, parse_config
+from framesift.config.schema import ConfigError
 
 
 def write(tmp_path: Path, data) -> Path:

@@ -1,8 +1,13 @@
 import json
 
-from framesift.discovery import dedupe, is_video_key, objects_from_s3_event, objects_from_trigger_payloads
-from framesift.layout import safe_stem, video_ext, video_id
-from framesift.storage import S3Object, parse_s3_uri
+from framesift.ingest.discovery import (
+    dedupe,
+    is_video_key,
+    objects_from_s3_event,
+    objects_from_trigger_payloads,
+)
+from framesift.io.layout import safe_stem, video_ext, video_id
+from framesift.io.s3 import S3Object, parse_s3_uri
 
 
 def record(key, etag="abc", event="ObjectCreated:Put", bucket="b", size=10):

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from framesift.alerts import render_message
-from framesift.config import parse_config
-from framesift.drift import (
+from framesift.config.loading import parse_config
+from framesift.drift.incidents import render_message
+from framesift.drift.signals import (
     CRITICAL,
     INSUFFICIENT,
     NORMAL,

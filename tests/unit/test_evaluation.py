@@ -2,8 +2,8 @@
 
 import pytest
 
-from framesift.config import EvaluationConfig
-from framesift.evaluation import CONTINUE, HOLD, NA, STOP, TRIGGERED, decide, format_decision
+from framesift.config.schema import EvaluationConfig
+from framesift.loop.gate import CONTINUE, HOLD, NA, STOP, TRIGGERED, decide, format_decision
 
 
 def ev(i, m, train=None, version="t1"):

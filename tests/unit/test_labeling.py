@@ -25,9 +25,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framesift import labeling_queue as lq
-from framesift.config import parse_config
+from framesift.config.loading import parse_config
 from framesift.labeling import base
+from framesift.labeling import queue as lq
 from framesift.labeling.base import (
     DONE,
     IN_PROGRESS,
@@ -43,18 +43,13 @@ from framesift.labeling.base import (
     chunk,
     combine_statuses,
     frame_index,
-    get_backend,
     image_size,
     time_order,
 )
-from framesift.labeling.label_studio import (
-    LabelStudioBackend,
-    LabelStudioClient,
-    config_labels,
-    label_config,
-    ls_to_px,
-    px_to_ls,
-)
+from framesift.labeling.factory import get_backend
+from framesift.labeling.label_studio.backend import LabelStudioBackend
+from framesift.labeling.label_studio.client import LabelStudioClient
+from framesift.labeling.label_studio.tasks import config_labels, label_config, ls_to_px, px_to_ls
 
 # ------------------------------------------------------------------ helpers
 
@@ -653,7 +648,7 @@ class TestEncordFakeSdk:
         return FakeSdk()
 
     def backend(self, sdk, s3, **kw):
-        from framesift.labeling.encord_backend import EncordBackend
+        from framesift.labeling.encord import EncordBackend
 
         return EncordBackend(
             s3,
@@ -820,7 +815,7 @@ class TestEncordFakeSdk:
         def bad_key(key, domain):
             raise ValueError("Could not deserialize key data")
 
-        from framesift.labeling.encord_backend import EncordBackend
+        from framesift.labeling.encord import EncordBackend
 
         b = EncordBackend(None, ssh_private_key="x" * 40, project_name="p", client_factory=bad_key)
         with pytest.raises(BadCredentials, match="cannot use the Encord SSH private key") as e2:
@@ -1056,7 +1051,7 @@ class FakeLabelRow:
 def test_label_studio_venv_is_built_once_per_requirements(tmp_path, monkeypatch):
     import time
 
-    from framesift import labelstudio_service as svc
+    from framesift.local import label_studio as svc
 
     req = tmp_path / "requirements-labelstudio.txt"
     req.write_text("label-studio==1.23.2\n")
@@ -1077,7 +1072,7 @@ def test_label_studio_venv_is_built_once_per_requirements(tmp_path, monkeypatch)
 
 
 def test_label_studio_info_never_shows_the_token():
-    from framesift.labelstudio_service import LabelStudioInfo
+    from framesift.local.label_studio import LabelStudioInfo
 
     info = LabelStudioInfo("http://127.0.0.1:1", SECRET, "u@x", "pw-secret", 1, "/d")
     assert SECRET not in repr(info) and "pw-secret" not in repr(info)

@@ -8,8 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from framesift.report import build_report, project_2d
-from framesift.selection import SelectionInputs, parse_selection, select
+from framesift.selection.engine import select
+from framesift.selection.inputs import SelectionInputs
+from framesift.selection.report import build_report, project_2d
+from framesift.selection.spec import parse_selection
 
 CATS = [{"id": 0, "name": "car"}, {"id": 1, "name": "person"}, {"id": 2, "name": "bike"}]
 

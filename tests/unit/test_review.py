@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from framesift.config import ReviewConfig
-from framesift.review import (
+from framesift.config.schema import ReviewConfig
+from framesift.loop.review import (
     annotator_quality,
     cohens_kappa,
     iou,

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from framesift import scores
+from framesift.selection import scores
 
 P1 = [0.05, 0.85, 0.10]  # confident
 P2 = [0.35, 0.15, 0.50]  # uncertain

@@ -10,21 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from framesift.config import SelectionConfig, parse_config
-from framesift.selection import (
-    SelectionConfigError,
-    SelectionInputs,
-    StrategyType,
-    coverage,
-    merge_shards,
-    parse_frame_name,
-    parse_selection,
-    parse_strategy,
-    select,
-    select_shard,
-    shard_from_bytes,
-    shard_to_bytes,
-)
+from framesift.config.loading import parse_config
+from framesift.config.schema import SelectionConfig
+from framesift.selection.engine import select
+from framesift.selection.inputs import SelectionInputs, parse_frame_name
+from framesift.selection.metrics import coverage
+from framesift.selection.shards import merge_shards, select_shard, shard_from_bytes, shard_to_bytes
+from framesift.selection.spec import SelectionConfigError, StrategyType, parse_selection, parse_strategy
 
 CATS = [{"id": 0, "name": "car"}, {"id": 1, "name": "person"}, {"id": 2, "name": "bike"}]
 

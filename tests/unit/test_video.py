@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from framesift import video
-from framesift.config import ExtractionConfig
-from framesift.synth import describe, make_video
-from framesift.video import BadVideo, extract_frames, frame_name, probe
+from framesift.config.schema import ExtractionConfig
+from framesift.ingest import extract as video
+from framesift.ingest.extract import BadVideo, extract_frames, frame_name, probe
+from framesift.local.synth import describe, make_video
 from tests import videofaults
 
 

@@ -1,52 +1,9 @@
-"""Labeling platforms behind one protocol (see ``base``): Label Studio and Encord.
+"""Labeling platforms behind one protocol, and the push of image sequences to them.
 
-``get_backend(cfg, credentials, s3)`` picks the one named by ``cfg.labeling.backend``;
-``framesift.labeling_queue`` keeps the Mongo record of every pushed sequence and makes the
-push exactly-once.
+- ``base``: the protocol (:class:`~framesift.labeling.base.LabelingBackend`) and the plain
+  data that crosses it (requests, pushed sequences, statuses, annotations, typed errors)
+- ``factory``: the backend named by ``labeling.backend`` (``get_backend``)
+- ``label_studio/`` and ``encord``: one backend each
+- ``queue``: the ``labeling_queue`` record of every pushed sequence, the exactly-once push
+- ``push``: the ingest run's push stage (one image sequence per video)
 """
-
-from framesift.labeling.base import (
-    DONE,
-    IN_PROGRESS,
-    IN_QUEUE,
-    BackendError,
-    BackendUnavailable,
-    BadCredentials,
-    Box,
-    FrameAnnotation,
-    FrameMissing,
-    LabelingBackend,
-    LabelingError,
-    ProjectRef,
-    PushedSequence,
-    SequenceNotFound,
-    SequenceRequest,
-    SequenceStatus,
-    build_request,
-    frame_index,
-    get_backend,
-    idempotency_key,
-)
-
-__all__ = [
-    "DONE",
-    "IN_PROGRESS",
-    "IN_QUEUE",
-    "BackendError",
-    "BackendUnavailable",
-    "BadCredentials",
-    "Box",
-    "FrameAnnotation",
-    "FrameMissing",
-    "LabelingBackend",
-    "LabelingError",
-    "ProjectRef",
-    "PushedSequence",
-    "SequenceNotFound",
-    "SequenceRequest",
-    "SequenceStatus",
-    "build_request",
-    "frame_index",
-    "get_backend",
-    "idempotency_key",
-]

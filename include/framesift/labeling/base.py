@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from framesift import layout
-from framesift.config import PipelineConfig
+from framesift.config.schema import PipelineConfig
+from framesift.io import layout
 
 IN_QUEUE, IN_PROGRESS, DONE = "In queue", "In progress", "Done"
 STATUSES = (IN_QUEUE, IN_PROGRESS, DONE)
@@ -213,27 +213,6 @@ class LabelingBackend(Protocol):
     def export_annotations(self, ids: Sequence[str]) -> list[FrameAnnotation]:
         """Per-frame labels of the chunks that people have finished."""
         ...
-
-
-def get_backend(cfg: PipelineConfig, credentials: Mapping[str, Any], s3, **kwargs: Any) -> LabelingBackend:
-    """The backend named by ``cfg.labeling.backend``.
-
-    ``credentials`` is a plain dict (the Airflow glue fills it from the connection
-    ``cfg.connections.labeling``): Label Studio takes ``url`` (or ``host``/``port``/
-    ``schema``) and ``token`` (or ``password``); Encord takes ``ssh_private_key`` (or
-    ``password``, or ``ssh_private_key_path``) and ``domain`` (or ``host``). Other keys
-    (e.g. ``max_frames_per_task``) tune the backend. They are never logged.
-    """
-    name = cfg.labeling.backend
-    if name == "label_studio":
-        from framesift.labeling.label_studio import LabelStudioBackend
-
-        return LabelStudioBackend.from_credentials(cfg, credentials, s3, **kwargs)
-    if name == "encord":
-        from framesift.labeling.encord_backend import EncordBackend
-
-        return EncordBackend.from_credentials(cfg, credentials, s3, **kwargs)
-    raise ValueError(f"unknown labeling backend {name!r}")
 
 
 # ------------------------------------------------------------------ the request

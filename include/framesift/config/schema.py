@@ -1,0 +1,309 @@
+"""The pipeline configuration model: one validated section per stage.
+
+Every stage reads its own section; unknown keys and wrong types are errors (see
+:mod:`framesift.config.loading` for how a YAML file becomes this model).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key it concerns."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Section):
+    bucket: str = "framesift"
+    videos_prefix: str = "videos/"
+    output_bucket: str | None = None
+    output_prefix: str = "framesift/"
+
+    @property
+    def out_bucket(self) -> str:
+        return self.output_bucket or self.bucket
+
+
+class MongoConfig(_Section):
+    database: str = "framesift"
+
+
+class ConnectionsConfig(_Section):
+    """Airflow connection ids; credentials live in the connections, never here."""
+
+    aws: str = "aws_default"
+    mongo: str = "mongo_default"
+    labeling: str = "framesift_labeling"
+
+
+class DiscoveryConfig(_Section):
+    # list: a deferrable trigger lists the prefix (any S3-compatible store).
+    # sqs: an AssetWatcher on an SQS queue fed by S3 event notifications (AWS).
+    mode: Literal["list", "sqs"] = "list"
+    sqs_queue_url: str | None = None
+    poll_interval_s: float = Field(30.0, gt=0)
+    video_extensions: list[str] = Field(
+        default_factory=lambda: [".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts"]
+    )
+    max_videos_per_run: int = Field(256, ge=1, le=1024)
+    # also run on this cron, to drain what runs left (big batches, interrupted videos); null: uploads only
+    drain_cron: str | None = "*/15 * * * *"
+
+    @model_validator(mode="after")
+    def _sqs_needs_url(self) -> DiscoveryConfig:
+        if self.mode == "sqs" and not (self.sqs_queue_url or os.environ.get("FRAMESIFT_SQS_QUEUE_URL")):
+            raise ValueError("mode 'sqs' needs sqs_queue_url (or FRAMESIFT_SQS_QUEUE_URL in the environment)")
+        return self
+
+
+class DedupeConfig(_Section):
+    enabled: bool = True
+    # mean absolute difference of 32x32 grey thumbnails, in [0, 1]; below it a frame
+    # counts as a near-duplicate of the last frame kept
+    threshold: float = Field(0.01, ge=0, le=1)
+
+
+class ExtractionConfig(_Section):
+    sampling: Literal["fps", "every_n", "keyframes", "all"] = "fps"
+    fps: float = Field(1.0, gt=0)
+    every_n: int = Field(30, ge=1)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    image_format: Literal["png", "jpg"] = "png"
+    png_compression: int = Field(1, ge=0, le=9)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+    max_width: int = Field(7680, ge=1)
+    max_height: int = Field(4320, ge=1)
+    max_duration_s: float = Field(4 * 3600, gt=0)
+    max_file_size_mb: float = Field(20_000, gt=0)
+    upload_workers: int = Field(8, ge=1, le=64)
+
+
+class SSLConfig(_Section):
+    enabled: bool = False
+    max_epochs: int = Field(10, ge=1)
+
+
+class EmbeddingConfig(_Section):
+    model: Literal["detector", "efficientnet_lite0"] = "detector"
+    ssl: SSLConfig = Field(default_factory=SSLConfig)
+
+
+class InferenceConfig(_Section):
+    model_uri: str | None = None
+    task_name: str = "object-detection"  # the Lightly prediction task the results are written under
+    confidence_threshold: float = Field(0.3, ge=0, le=1)
+    device: str = "auto"
+    half: bool | Literal["auto"] = "auto"
+    batch_size: int = Field(16, ge=1)
+    imgsz: int = Field(640, ge=32)
+    prefetch: int = Field(64, ge=1)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+
+
+DEFAULT_PROPORTION = 0.1  # the budget when the config gives none: 10 % of the input frames
+
+
+class SelectionConfig(_Section):
+    n_samples: int | None = Field(None, ge=1)
+    proportion_samples: float | None = Field(None, gt=0, le=1)
+    strategies: list[dict[str, Any]] = Field(default_factory=list)
+    balance: bool | dict[str, float] | None = None
+    balance_strategy: Literal["TARGET", "UNIFORM", "INPUT"] | None = None
+    random_seed: int = 0
+    # batches with more input frames are selected in shards (mapped tasks of at most this
+    # many frames, whole videos each) whose winners a second greedy pass merges
+    shard_max_frames: int = Field(500_000, ge=1)
+    # each shard keeps ceil(oversample x budget) winners for the merge
+    shard_oversample: float = Field(2.0, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if isinstance(data.get("balance_strategy"), str):
+                data = {**data, "balance_strategy": data["balance_strategy"].upper()}
+            if data.get("n_samples") is None and data.get("proportion_samples") is None:
+                data = {**data, "proportion_samples": DEFAULT_PROPORTION}
+        return data
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SelectionConfig:
+        if self.n_samples is not None and self.proportion_samples is not None:
+            raise ValueError("give exactly one of n_samples or proportion_samples, not both")
+        return self
+
+
+class LabelingConfig(_Section):
+    backend: Literal["label_studio", "encord"] = "label_studio"
+    project_name: str = "framesift"
+    labeler: str | None = None
+    reviewer: str | None = None
+
+
+class TrackingConfig(_Section):
+    project_name: str = "active_learning_runs"
+    offline: bool = True
+
+
+METRICS = ("map50_95", "map50", "precision", "recall", "accuracy")
+
+
+class BudgetConfig(_Section):
+    """Spending limits of the loop; null: no limit."""
+
+    max_labels: int | None = Field(None, ge=0)  # labeled frames in all
+    cost_per_label: float = Field(0.0, ge=0)  # what one labeled frame costs
+    max_cost: float | None = Field(None, ge=0)
+    max_gpu_hours: float | None = Field(None, ge=0)  # training time of every model so far
+
+
+class EvaluationConfig(_Section):
+    """Stopping criteria: every retrain gate checks them all and writes a `decisions` record."""
+
+    # the fixed, versioned test set: an s3:// URI of a test set's data.yaml (framesift writes
+    # a manifest.json beside it with its version); null: no test set yet, the gate holds
+    test_set: str | None = None
+    # met when every one holds (>=); detection: map50_95, map50, precision, recall; accuracy is
+    # the share of test frames whose predictions match the labels exactly (the book's 0.95)
+    targets: dict[str, float] = Field(default_factory=lambda: {"map50_95": 0.5})
+    stability_k: int = Field(2, ge=1)  # targets met on this many consecutive evaluations
+    metric: str = "map50_95"  # the metric that diminishing returns, overfitting and promotion use
+    diminishing_k: int | None = Field(3, ge=1)  # rounds looked back over; null: off
+    diminishing_epsilon: float = Field(0.005, ge=0)  # stop when the metric gained less than this
+    max_train_test_gap: float | None = Field(0.3, ge=0)  # hold when train - test exceeds it; null: off
+    min_new_labels: int = Field(50, ge=0)  # hold until this many frames were labeled since the last training
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> EvaluationConfig:
+        unknown = sorted({*self.targets, self.metric} - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {', '.join(METRICS)}")
+        return self
+
+
+class TrainingConfig(_Section):
+    """Retraining with ultralytics from a training-set version, and the model registry."""
+
+    # champion: fine-tune the current champion; else a checkpoint path/s3 URI, or an
+    # ultralytics model yaml (e.g. yolov8n.yaml: random weights); null: the inference default
+    base_model: str | None = "champion"
+    epochs: int = Field(30, ge=1)
+    imgsz: int = Field(640, ge=32)
+    batch: int = Field(16, ge=1)
+    device: str = "auto"
+    workers: int = Field(0, ge=0)  # dataloader processes (0: in the task's process)
+    val_fraction: float = Field(0.2, ge=0, lt=1)  # of a training-set version, by frame-name hash
+    seed: int = 0
+    promotion_margin: float = Field(0.01, ge=0)  # challenger must beat the champion by this (metric)
+    serve_champion: bool = True  # inference uses the champion model when there is one
+
+
+class ReviewConfig(_Section):
+    """Model-label disagreement review and annotator quality."""
+
+    match_iou: float = Field(0.5, gt=0, le=1)  # a prediction and a label are the same object
+    localisation_iou: float = Field(0.75, gt=0, le=1)  # below it a matched box is poorly localised
+    disagreement_threshold: float = Field(0.5, ge=0)  # issues per object above which a frame is reviewed
+    min_accuracy: float = Field(0.90, ge=0, le=1)  # annotator targets on control frames
+    min_kappa: float = Field(0.80, ge=-1, le=1)
+
+
+class DriftSignalConfig(_Section):
+    enabled: bool = True
+    window_frames: int | None = Field(None, ge=10)  # this signal's window; null: drift.window_frames
+
+
+class DriftUncertaintyConfig(DriftSignalConfig):
+    score: Literal["uncertainty_entropy", "uncertainty_least_confidence", "uncertainty_margin"] = (
+        "uncertainty_entropy"
+    )
+    low_confidence: float = Field(0.5, gt=0, lt=1)  # a box scoring below this is low-confidence
+    low_confidence_rise: float = Field(0.15, gt=0)  # threshold: window minus reference fraction
+    uncertainty_rise: float = Field(0.10, gt=0)  # threshold: window minus reference mean score
+    p_value: float = Field(0.01, gt=0, le=1)  # a rise must also be significant (one-sided z-test)
+    min_boxes: int = Field(20, ge=1)  # fewer boxes in reference or window: insufficient data
+
+
+class DriftEmbeddingConfig(DriftSignalConfig):
+    pca_components: int = Field(16, ge=1)
+    permutations: int = Field(200, ge=20)
+    p_value: float = Field(0.01, gt=0, le=1)
+    mmd2_threshold: float = Field(0.05, gt=0)  # effect size: MMD^2 with the median-heuristic kernel
+    max_reference_frames: int = Field(1000, ge=10)  # reference sample for the MMD test
+
+
+class DriftClassConfig(DriftSignalConfig):
+    psi_threshold: float = Field(0.25, gt=0)
+    js_threshold: float = Field(0.2, gt=0, le=1)
+    p_value: float = Field(0.01, gt=0, le=1)  # the shift must also be significant (chi-square test)
+
+
+class DriftOutlierConfig(DriftSignalConfig):
+    percentile: float = Field(99.0, gt=50, lt=100)  # of the reference's own nearest-neighbour distance
+    rate_threshold: float = Field(0.10, gt=0, le=1)  # threshold: fraction of window frames beyond it
+
+
+class DriftCommitteeConfig(DriftSignalConfig):
+    tasks: list[str] = Field(default_factory=list)  # other prediction tasks (models) on the same frames
+    disagreement_rise: float = Field(0.10, gt=0)
+
+
+class AlertChannelConfig(_Section):
+    type: Literal["webhook", "smtp"]
+    conn_id: str  # the Airflow connection with the URL / server and credentials
+    to: list[str] = Field(default_factory=list)  # smtp: recipients (default: the connection's extra "to")
+
+
+class DriftAlertsConfig(_Section):
+    channels: list[AlertChannelConfig] = Field(default_factory=list)
+    critical_factor: float = Field(2.0, gt=1)  # value >= factor x threshold: critical (re-alerts)
+    resolve_after_windows: int = Field(3, ge=1)  # consecutive normal windows that resolve an incident
+    notify_resolved: bool = False
+    sample_frames: int = Field(6, ge=0, le=50)  # frames linked from an alert
+
+
+class DriftLabelingConfig(_Section):
+    enabled: bool = True  # send the most drifted frames of an alarming window to labeling
+    n_samples: int = Field(20, ge=1)
+
+
+class DriftConfig(_Section):
+    window_frames: int = Field(500, ge=10)
+    min_window_frames: int = Field(30, ge=2)  # a source with fewer new frames is not evaluated
+    reference_frames: int = Field(2000, ge=10)
+    reference_prefix: str | None = None  # videos under it are the reference; null: the earliest inferred
+    group_by: Literal["all", "folder"] = "all"  # one window over everything, or one per video folder
+    schedule: str | None = "0 * * * *"  # also run on this cron; null: only when new inference lands
+    seed: int = 0
+    uncertainty: DriftUncertaintyConfig = Field(default_factory=DriftUncertaintyConfig)
+    embedding: DriftEmbeddingConfig = Field(default_factory=DriftEmbeddingConfig)
+    class_distribution: DriftClassConfig = Field(default_factory=DriftClassConfig)
+    outliers: DriftOutlierConfig = Field(default_factory=DriftOutlierConfig)
+    committee: DriftCommitteeConfig = Field(default_factory=DriftCommitteeConfig)
+    alerts: DriftAlertsConfig = Field(default_factory=DriftAlertsConfig)
+    labeling: DriftLabelingConfig = Field(default_factory=DriftLabelingConfig)
+
+
+class PipelineConfig(_Section):
+    important_classes: list[str] = Field(default_factory=list)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    mongo: MongoConfig = Field(default_factory=MongoConfig)
+    connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    labeling: LabelingConfig = Field(default_factory=LabelingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)

@@ -1,0 +1,210 @@
+"""The active response to drift: the most drifted frames of an alarming window go to labeling.
+
+Per alarming window (one per source), the selection engine picks ``drift.labeling.n_samples``
+frames by diversity (embeddings) x drift score (distance beyond the reference's outlier
+threshold plus uncertainty; see ``evaluate``), datapool-aware, so frames selected
+before are never sent again. The pick is recorded in ``selections`` (``kind: drift``, with
+a datapool file, so later selections know these frames too) and each video's frames are
+pushed through the same exactly-once path as ingest (``labeling_queue.push_exactly_once``)
+as a sequence titled ``drift-...`` whose queue record carries ``tags: ["drift"]``, which
+is how the labels/retraining loop tells drift data apart.
+
+Idempotent: the selection id is a hash of the window and source, so a duplicate run or a
+retry finds the finished selection and the queue's keys prevent a second push.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from typing import Any
+
+import numpy as np
+from pymongo.database import Database
+
+from framesift.config.schema import PipelineConfig
+from framesift.drift import incidents
+from framesift.drift.monitor import load_frames
+from framesift.drift.signals import CRITICAL, WARNING, FrameSet
+from framesift.inference import predictions
+from framesift.ingest import registry
+from framesift.io.layout import safe_stem
+from framesift.io.s3 import join_key, put_bytes, s3_uri
+from framesift.labeling.base import LabelingBackend, build_request
+from framesift.labeling.queue import collection as queue_collection
+from framesift.labeling.queue import push_exactly_once
+from framesift.selection.datapool import SELECTIONS, read_datapool
+from framesift.selection.engine import select
+from framesift.selection.inputs import SelectionInputs
+from framesift.selection.spec import SelectionSpec, parse_strategy
+
+log = logging.getLogger("framesift.drift_response")
+
+TAG = "drift"
+SCORE = "drift_score"
+
+
+def drift_selection_id(window: dict[str, Any]) -> str:
+    digest = hashlib.sha1(f"{window['source']}|{window['window_id']}".encode()).hexdigest()[:16]
+    return f"drift-{digest}"
+
+
+def select_drifted(
+    s3, db: Database, cfg: PipelineConfig, window: dict[str, Any], *, run_id: str
+) -> dict[str, Any]:
+    """Pick the window's most drifted, mutually diverse frames; return the ``selections`` record."""
+    sid = drift_selection_id(window)
+    done = db[SELECTIONS].find_one({"_id": sid, "state": "done"})
+    if done:
+        log.info("drift selection %s already done: %d frames", sid, len(done["selected"]))
+        return done
+    scores = window["frame_scores"]
+    docs = list(db[registry.VIDEOS].find({"_id": {"$in": window["video_ids"]}}))
+    fs = FrameSet.concat([load_frames(s3, cfg, d) for d in docs])
+    keep = [i for i, f in enumerate(fs.frame_ids) if f in scores]
+    fs = fs.take(keep)
+    if fs.n == 0:
+        return {"_id": sid, "state": "empty", "selected": [], "videos": []}
+    spec = SelectionSpec(
+        n_samples=min(cfg.drift.labeling.n_samples, fs.n),
+        strategies=[
+            parse_strategy(0, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}),
+            parse_strategy(1, {"input": {"type": "SCORES", "score": SCORE}, "strategy": {"type": "WEIGHTS"}}),
+        ],
+        random_seed=cfg.selection.random_seed,
+    )
+    inputs = SelectionInputs(
+        frame_names=fs.frame_ids,
+        embeddings=fs.embeddings,
+        video_keys=fs.video_keys,
+        predictions=fs.predictions,
+        categories=fs.categories or None,
+        scores={SCORE: np.array([scores[f] for f in fs.frame_ids])},
+    )
+    pool_ids, pool_emb = read_datapool(s3, db, sid)
+    result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=spec.n_samples)
+    chosen = [int(i) for i in result.selected]
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=fs.embeddings[chosen], frame_names=np.array([fs.frame_ids[i] for i in chosen]))
+    key = join_key(cfg.storage.output_prefix, "selections", sid, "datapool.npz")
+    put_bytes(s3, cfg.storage.out_bucket, key, buf.getvalue(), "application/octet-stream")
+    by_video: dict[str, list[str]] = {}
+    for i in chosen:
+        vid, name = fs.frame_ids[i].split("/", 1)
+        by_video.setdefault(vid, []).append(name)
+    record = {
+        "_id": sid,
+        "kind": TAG,
+        "tags": [TAG],
+        "run_id": run_id,
+        "state": "done",
+        "source": window["source"],
+        "window_id": window["window_id"],
+        "n_input": fs.n,
+        "budget": spec.n_samples,
+        "selected": [fs.frame_ids[i] for i in chosen],
+        "drift_scores": [round(float(scores[fs.frame_ids[i]]), 6) for i in chosen],
+        "videos": [
+            {
+                "video_id": d["_id"],
+                "key": d["key"],
+                "frames": len(by_video.get(d["_id"], [])),
+                "selected_frames": by_video.get(d["_id"], []),
+            }
+            for d in docs
+        ],
+        "stop_reason": result.stop_reason,
+        "datapool_uri": s3_uri(cfg.storage.out_bucket, key),
+        "created_at": registry.now(),
+    }
+    db[SELECTIONS].replace_one({"_id": sid}, record, upsert=True)
+    log.info("drift selection %s: %d of %d frames of source %s", sid, len(chosen), fs.n, window["source"])
+    return record
+
+
+def push_drifted(
+    s3,
+    db: Database,
+    cfg: PipelineConfig,
+    selection: dict[str, Any],
+    backend: LabelingBackend,
+    *,
+    owner: str,
+    incident_ids: list[str] = (),
+) -> list[dict[str, Any]]:
+    """One labeling sequence per video of a drift selection, tagged ``drift``; the queue records."""
+    records = []
+    for video in selection.get("videos", []):
+        frames = video.get("selected_frames") or []
+        if not frames:
+            continue
+        doc = registry.get(db, video["video_id"]) or {}
+        task = doc["inference"]["task_name"]
+        request = build_request(
+            cfg,
+            selection_id=selection["_id"],
+            video_id=doc["_id"],
+            video_key=doc["key"],
+            frame_names=frames,
+            predictions=[
+                {"file_name": name, "predictions": boxes}
+                for name, boxes in predictions.read_predictions(s3, cfg, doc["_id"], task).items()
+            ],
+            schema=predictions.read_schema(s3, cfg, doc["_id"], task),
+            model_version=doc["inference"].get("model_uri"),
+            title=f"{TAG}-{safe_stem(doc['key'])}-{doc['_id']}",
+            metadata={"tag": TAG, "source": selection.get("source"), "window_id": selection.get("window_id")},
+        )
+        record = push_exactly_once(
+            db, backend, request, labeler=cfg.labeling.labeler, reviewer=cfg.labeling.reviewer, owner=owner
+        )
+        queue_collection(db).update_one(
+            {"_id": record["_id"]},
+            {
+                "$set": {
+                    "tags": [TAG],
+                    "drift": {"source": selection.get("source"), "window_id": selection.get("window_id")},
+                },
+                "$addToSet": {"incident_ids": {"$each": list(incident_ids)}},
+            },
+        )
+        records.append(queue_collection(db).find_one({"_id": record["_id"]}))
+    return records
+
+
+def respond(
+    s3, db: Database, cfg: PipelineConfig, report: dict[str, Any], backend_factory, *, run_id: str, owner: str
+) -> list[dict[str, Any]]:
+    """For every alarming window with an active incident: select and push its drifted frames.
+
+    ``backend_factory()`` makes the labeling backend (only called when there is work).
+    Returns one summary per window: selection id, frames, queue record ids.
+    """
+
+    out = []
+    backend = None
+    for window in report.get("windows", []):
+        if window["level"] not in (WARNING, CRITICAL):
+            continue
+        incident_ids = [
+            d["_id"]
+            for d in db[incidents.ALERTS].find(
+                {"source": window["source"], "state": {"$in": list(incidents.ACTIVE)}}, {"_id": 1}
+            )
+        ]
+        selection = select_drifted(s3, db, cfg, window, run_id=run_id)
+        if not selection.get("selected"):
+            continue
+        backend = backend or backend_factory()
+        records = push_drifted(s3, db, cfg, selection, backend, owner=owner, incident_ids=incident_ids)
+        out.append(
+            {
+                "source": window["source"],
+                "selection_id": selection["_id"],
+                "frames": len(selection["selected"]),
+                "queue_ids": [r["_id"] for r in records],
+                "incidents": incidents,
+            }
+        )
+    return out

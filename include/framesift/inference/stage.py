@@ -1,0 +1,59 @@
+"""The inference stage of an ingest run: claim an extracted video, run the detector over
+its frames, record the outcome in the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pymongo.database import Database
+
+from framesift.config.schema import PipelineConfig
+from framesift.inference.streaming import run_inference
+from framesift.ingest import registry
+from framesift.ingest.registry import EXTRACTED, INFERRED, INFERRING, VideoRef, run_stage, stage_outcome
+from framesift.io.model_registry import serving_config
+from framesift.io.s3 import get_json, parse_s3_uri
+
+
+def infer_one(
+    s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, detector=None
+) -> dict[str, Any]:
+    """Claim an extracted video, run the detector over its frames, record the outcome.
+
+    Predictions (Lightly layout) and embeddings go to S3; the registry keeps their URIs
+    and per-class counts. A video with zero frames is recorded as inferred with no
+    predictions.
+    """
+
+    def work():
+
+        current = registry.get(db, ref.video_id) or {}
+        bucket, key = parse_s3_uri(current["manifest_uri"])
+        manifest = get_json(s3, bucket, key)
+        # the champion of the model registry, when there is one (training.serve_champion)
+        summary = run_inference(s3, serving_config(db, cfg, log), manifest, detector=detector, log=log)
+        keep = (
+            "frames",
+            "frames_failed",
+            "boxes",
+            "counts",
+            "fps",
+            "elapsed_s",
+            "model_uri",
+            "device",
+            "task_name",
+            "embedding_model",
+            "embeddings_uri",
+            "predictions_prefix",
+            "datasource_root",
+            "failed_frames",
+        )
+        return INFERRED, None, {"inference": {k: summary.get(k) for k in keep}}
+
+    doc, did = run_stage(db, ref, run_id, working=INFERRING, from_statuses=[EXTRACTED], work=work)
+    return stage_outcome(ref, doc, skipped=not did)
+
+
+log = logging.getLogger("framesift.ingest")

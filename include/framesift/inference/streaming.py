@@ -1,0 +1,383 @@
+"""Inference over one video's frames, streamed: frames from S3 through a bounded
+prefetch queue into batches, Lightly-format predictions and the embeddings out
+(:mod:`framesift.inference.predictions`). Memory stays flat in the number of frames.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from framesift.config.schema import PipelineConfig
+from framesift.inference import predictions
+from framesift.inference.detector import Detector
+from framesift.inference.embedders import SSL_BATCH_SIZE, Embedder, SimCLREmbedder, make_embedder
+from framesift.inference.models import PathLike
+from framesift.inference.runtimes import import_torch
+from framesift.io import layout
+from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, s3_uri, upload
+
+_LOG = logging.getLogger("framesift.inference")
+
+
+PROGRESS_EVERY_S = 5.0
+
+
+_READ_WORKERS = 8
+
+
+_WRITE_WORKERS = 8
+
+
+_MAX_FAILED_LISTED = 100
+
+
+class FrameError(Exception):
+    """One frame cannot be read or decoded: it is skipped, counted and recorded."""
+
+
+def prefetch_map(
+    fn: Callable[[Any], Any], items: Iterable[Any], *, prefetch: int, workers: int = _READ_WORKERS
+) -> Iterator[tuple[Any, Any, BaseException | None]]:
+    """``(item, fn(item), None)`` or ``(item, None, error)`` in input order, computed by a thread
+    pool at most ``prefetch`` items ahead of the consumer (in flight: submitted and not yet
+    handed over), so memory is bounded whatever the number of items."""
+    prefetch = max(1, int(prefetch))
+    it = iter(items)
+    pool = ThreadPoolExecutor(max(1, min(workers, prefetch)), thread_name_prefix="framesift-read")
+    pending: collections.deque[tuple[Any, Future]] = collections.deque()
+    try:
+        for item in itertools.islice(it, prefetch):
+            pending.append((item, pool.submit(fn, item)))
+        while pending:
+            item, future = pending.popleft()
+            try:
+                result, error = future.result(), None
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer
+                result, error = None, exc
+            yield item, result, error
+            for nxt in itertools.islice(it, 1):
+                pending.append((nxt, pool.submit(fn, nxt)))
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """PNG/JPEG bytes -> BGR uint8 image; FrameError when empty or not decodable."""
+    import cv2
+
+    if not data:
+        raise FrameError("empty file (0 bytes)")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise FrameError(f"not a decodable image ({exc.err or exc})") from None
+    if image is None or image.size == 0:
+        raise FrameError("not a decodable image")
+    return image
+
+
+class _Writer:
+    """Puts small objects from a thread pool, with a bounded number in flight."""
+
+    def __init__(self, fn: Callable[..., Any], workers: int = _WRITE_WORKERS):
+        self.fn = fn
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="framesift-write")
+        self.inflight: set[Future] = set()
+        self.limit = 4 * workers
+
+    def submit(self, *args) -> None:
+        while len(self.inflight) >= self.limit:
+            done, self.inflight = wait(self.inflight, return_when=FIRST_COMPLETED)
+            for f in done:
+                f.result()
+        self.inflight.add(self.pool.submit(self.fn, *args))
+
+    def close(self, *, error: bool = False) -> None:
+        try:
+            if not error:
+                for f in self.inflight:
+                    f.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=error)
+
+
+class _RowFile:
+    """float32 rows appended to a temp file (RAM stays flat), read back as a memmap."""
+
+    def __init__(self, directory: Path, name: str):
+        self.path = directory / f"{name}.f32"
+        self.fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()
+        self.rows = 0
+        self.dim: int | None = None
+
+    def append(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if len(rows) == 0:
+            return
+        if self.dim is None:
+            self.dim = rows.shape[1]
+        self.fh.write(rows.tobytes())
+        self.rows += len(rows)
+
+    def finish(self, dim: int) -> np.ndarray:
+        self.fh.close()
+        dim = self.dim or dim
+        if self.rows == 0:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.memmap(self.path, dtype=np.float32, mode="r", shape=(self.rows, dim))
+
+
+def run_inference(
+    s3,
+    cfg: PipelineConfig,
+    manifest: dict[str, Any],
+    *,
+    detector: Detector | None = None,
+    embedder: Embedder | None = None,
+    cache_dir: PathLike | None = None,
+    log: logging.Logger | None = None,
+) -> dict[str, Any]:
+    """Predict every frame of ``manifest`` and write Lightly predictions + embeddings.
+
+    Frames are read from the manifest's ``frames_prefix`` by a reader pool at most
+    ``inference.prefetch`` frames ahead, batched by ``inference.batch_size``; boxes and
+    embeddings come from one forward pass per batch (embedding model "detector").
+    Undecodable or missing frames are skipped and listed in the summary. Re-running
+    writes the same keys and removes prediction files of frames no longer listed.
+    Returns a summary dict (plain JSON types).
+    """
+    log = log or _LOG
+    started = time.monotonic()
+    inf = cfg.inference
+    vid = manifest["video_id"]
+    names: list[str] = list(manifest.get("frame_names") or [])
+    stem = layout.safe_stem(manifest.get("source", {}).get("key", "") or vid)
+    task = inf.task_name
+    out_bucket = cfg.storage.out_bucket
+    if detector is None:
+        detector = Detector.from_config(cfg, s3, cache_dir, log)
+    if embedder is None:
+        embedder = make_embedder(cfg, detector)
+    same_pass = embedder is detector
+    emb_name = inf.embedding.model if embedder is detector else embedder.name
+    ssl = inf.embedding.ssl
+    ssl_embedder: SimCLREmbedder | None = None
+    if ssl.enabled:
+        ssl_embedder = SimCLREmbedder.create(emb_name, embedder, device=_device_of(detector), log=log)
+
+    frames_uri = manifest.get("frames_prefix") or s3_uri(out_bucket, layout.frames_prefix(cfg, vid) + "/")
+    frames_bucket, frames_key = parse_s3_uri(frames_uri)
+    frames_key = frames_key.rstrip("/")
+
+    def fetch(name: str) -> np.ndarray:
+        try:
+            data = get_bytes(s3, frames_bucket, join_key(frames_key, name))
+        except s3.exceptions.NoSuchKey:
+            raise FrameError("missing in S3") from None
+        return decode_image(data)
+
+    def put_prediction(record: dict[str, Any]) -> None:
+        predictions.write_prediction(s3, cfg, vid, task, record)
+
+    counts: collections.Counter[str] = collections.Counter()
+    failed: list[dict[str, str]] = []
+    n_failed = 0
+    done_names: list[str] = []
+    n_boxes = 0
+    total = len(names)
+    batch_size = inf.batch_size
+    threads = f" ({import_torch().get_num_threads()} threads)" if str(detector.device) == "cpu" else ""
+    log.info(
+        "infer %s: %d frames, model %s on %s%s%s, batch %d, imgsz %d, embeddings %s%s",
+        stem,
+        total,
+        detector.model_uri,
+        detector.device,
+        threads,
+        " (fp16)" if detector.half else "",
+        batch_size,
+        detector.imgsz,
+        emb_name,
+        f" + SimCLR fine-tuning ({ssl.max_epochs} epochs)" if ssl_embedder else "",
+    )
+
+    workdir = tempfile.TemporaryDirectory(prefix=f"framesift-infer-{vid}-")
+    tmp = Path(workdir.name)
+    rows = _RowFile(tmp, "embeddings")
+    thumbs_path = tmp / "thumbs.npy"
+    thumbs = None
+    if ssl_embedder is not None and total:
+        thumbs = np.lib.format.open_memmap(
+            thumbs_path,
+            mode="w+",
+            dtype=np.uint8,
+            shape=(total, ssl_embedder.input_size, ssl_embedder.input_size, 3),
+        )
+    writer = _Writer(put_prediction)
+    progress = _Progress(log, stem, total)
+    batch_names: list[str] = []
+    batch_images: list[np.ndarray] = []
+
+    def flush() -> None:
+        nonlocal n_boxes
+        if not batch_images:
+            return
+        preds, emb = detector.predict(batch_images)
+        if not same_pass:
+            emb = embedder.embed(batch_images)
+        for name, image, frame in zip(batch_names, batch_images, preds, strict=True):
+            writer.submit(frame.to_lightly(name))
+            n_boxes += len(frame.boxes)
+            for box in frame.boxes:
+                counts[detector.names[box.category_id]] += 1
+            if thumbs is not None:
+                thumbs[len(done_names)] = ssl_embedder.thumbnail(image)
+            done_names.append(name)
+        rows.append(emb)
+        batch_names.clear()
+        batch_images.clear()
+        progress.update(len(done_names), n_failed)
+
+    ok = False
+    try:
+        for name, image, error in prefetch_map(fetch, names, prefetch=inf.prefetch):
+            if error is not None:
+                if not isinstance(error, FrameError):
+                    raise error
+                n_failed += 1
+                if len(failed) < _MAX_FAILED_LISTED:
+                    failed.append({"name": name, "reason": str(error)})
+                log.warning("infer %s: frame %s skipped: %s", stem, name, error)
+                continue
+            batch_names.append(name)
+            batch_images.append(image)
+            if len(batch_images) >= batch_size:
+                flush()
+        flush()
+        ok = True
+    finally:
+        writer.close(error=not ok)
+        if not ok:
+            rows.finish(detector.embedding_dim)
+            workdir.cleanup()
+
+    try:
+        schema = detector.schema()
+        predictions.write_schema(s3, cfg, vid, task, schema)
+        stale = predictions.remove_stale_predictions(s3, cfg, vid, task, done_names)
+        if stale:
+            log.info("infer %s: removed %d stale prediction files", stem, stale)
+        predictions.write_tasks(s3, cfg, vid, task)
+
+        emb_dim = detector.embedding_dim if same_pass else getattr(embedder, "embedding_dim", 0)
+        embeddings = rows.finish(emb_dim)
+        uris = {emb_name: _upload_npz(s3, cfg, vid, emb_name, done_names, embeddings, tmp)}
+        primary = emb_name
+        ssl_losses: list[float] = []
+        if ssl_embedder is not None:
+            n = len(done_names)
+            train = thumbs[:n] if thumbs is not None else np.zeros((0, 1, 1, 3), np.uint8)
+            ssl_losses = ssl_embedder.fit(train, epochs=ssl.max_epochs, batch_size=SSL_BATCH_SIZE, log=log)
+            ssl_rows = _RowFile(tmp, "ssl")
+            for start in range(0, n, 256):
+                ssl_rows.append(ssl_embedder.embed_thumbnails(train[start : start + 256]))
+            ssl_emb = ssl_rows.finish(ssl_embedder.embedding_dim or 0)
+            primary = ssl_embedder.name
+            uris[primary] = _upload_npz(s3, cfg, vid, primary, done_names, ssl_emb, tmp)
+            ssl_emb = train = None
+        embeddings = thumbs = None  # release the memmaps before the folder goes
+    finally:
+        workdir.cleanup()
+
+    elapsed = time.monotonic() - started
+    done = len(done_names)
+    summary = {
+        "video_id": vid,
+        "status": "done" if total else "no_frames",
+        "task_name": task,
+        "model_uri": detector.model_uri,
+        "device": str(detector.device),
+        "half": detector.half,
+        "frames_total": total,
+        "frames": done,
+        "frames_failed": n_failed,
+        "failed_frames": failed,
+        "boxes": n_boxes,
+        "counts": {detector.names[i]: counts.get(detector.names[i], 0) for i in detector.class_ids},
+        "fps": round(done / elapsed, 3) if elapsed > 0 else 0.0,
+        "elapsed_s": round(elapsed, 3),
+        "embedding_model": primary,
+        "embeddings_uri": uris[primary],
+        "embeddings_uris": uris,
+        "predictions_prefix": s3_uri(out_bucket, predictions.task_prefix(cfg, vid, task) + "/"),
+        "datasource_root": s3_uri(out_bucket, predictions.datasource_root(cfg, vid) + "/"),
+        "batch_size": detector.max_batch or batch_size,
+    }
+    if ssl_embedder is not None:
+        summary["ssl"] = {"epochs": ssl.max_epochs, "backbone": ssl_embedder.kind, "losses": ssl_losses}
+    log.info(
+        "infer %s: done, %d/%d frames (%d failed), %d boxes %s in %.1f s (%.1f frames/s)",
+        stem,
+        done,
+        total,
+        n_failed,
+        n_boxes,
+        dict(counts),
+        elapsed,
+        summary["fps"],
+    )
+    return summary
+
+
+def _device_of(detector: Detector):
+    return getattr(detector, "device", "cpu")
+
+
+def _upload_npz(s3, cfg, vid, model, names, embeddings, tmp: Path) -> str:
+    path = tmp / f"{model}.npz"
+    predictions.save_embeddings_npz(path, names, embeddings)
+    uri = predictions.embeddings_uri(cfg, vid, model)
+    bucket, key = parse_s3_uri(uri)
+    upload(s3, path, bucket, key)
+    path.unlink(missing_ok=True)
+    return uri
+
+
+class _Progress:
+    """Progress lines at most every PROGRESS_EVERY_S: done/total, frames/s, ETA."""
+
+    def __init__(self, log: logging.Logger, stem: str, total: int):
+        self.log, self.stem, self.total = log, stem, total
+        self.started = time.monotonic()
+        self.next_log = self.started + PROGRESS_EVERY_S
+
+    def update(self, done: int, failed: int) -> None:
+        now = time.monotonic()
+        if now < self.next_log:
+            return
+        self.next_log = now + PROGRESS_EVERY_S
+        elapsed = now - self.started
+        speed = (done + failed) / elapsed if elapsed > 0 else 0.0
+        left = (self.total - done - failed) / speed if speed > 0 else float("nan")
+        self.log.info(
+            "infer %s: %d/%d frames (%d%%), %d failed, %.1f frames/s, ETA %.0f s",
+            self.stem,
+            done + failed,
+            self.total,
+            100 * (done + failed) // max(self.total, 1),
+            failed,
+            speed,
+            left,
+        )

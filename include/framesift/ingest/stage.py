@@ -1,0 +1,195 @@
+"""The ingest stages over plain clients: register uploads, extract one video.
+
+Airflow operators and the CLI both call these; they hold the registry bookkeeping so
+that every stage is idempotent and every outcome ends in a record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from pymongo.database import Database
+
+from framesift.config.schema import PipelineConfig
+from framesift.ingest import registry
+from framesift.ingest.discovery import find_new_videos, is_video_key, objects_from_trigger_payloads
+from framesift.ingest.registry import (
+    DISCOVERED,
+    EXTRACTED,
+    EXTRACTING,
+    FAILED,
+    QUARANTINED,
+    VideoRef,
+    run_stage,
+    stage_outcome,
+)
+from framesift.io.s3 import S3Object, head
+
+log = logging.getLogger("framesift.ingest")
+
+# a resumable video that no run moved for this long comes first in the next run's batch
+RESUME_IDLE = timedelta(minutes=30)
+
+
+def register_uploads(
+    s3,
+    db: Database,
+    cfg: PipelineConfig,
+    *,
+    run_id: str,
+    event_payloads: Iterable[dict[str, Any]] | None = None,
+    prefix: str | None = None,
+) -> list[VideoRef]:
+    """Register new uploads and return the videos this run should extract.
+
+    With ``event_payloads`` (an asset-triggered run) the objects come from the events;
+    otherwise the prefix is listed. Videos registered earlier whose pipeline stopped half
+    way (``registry.RESUMABLE``, or ``failed`` fewer than MAX_ATTEMPTS times) are picked
+    up too, so a crashed run's work is not lost; each stage then claims what it can. At
+    most ``discovery.max_videos_per_run`` are returned (see ``_batch`` for which come
+    first); the rest wait for the next run.
+    """
+    registry.ensure_indexes(db)
+    payloads = list(event_payloads or [])
+    if payloads:
+        objects = [_with_etag(s3, o) for o in objects_from_trigger_payloads(payloads)]
+        source = f"{len(payloads)} event(s)"
+    else:
+        objects = find_new_videos(s3, db, cfg, prefix)
+        source = (
+            f"listing s3://{cfg.storage.bucket}/{cfg.storage.videos_prefix if prefix is None else prefix}"
+        )
+
+    created = 0
+    for obj in objects:
+        if not is_video_key(obj.key, cfg.discovery.video_extensions):
+            log.info("ignoring s3://%s/%s: extension not in discovery.video_extensions", obj.bucket, obj.key)
+            continue
+        _, is_new = registry.register(db, obj, run_id)
+        created += is_new
+
+    pending = _batch(db, cfg.discovery.max_videos_per_run)
+    refs = [VideoRef(d["_id"], d["bucket"], d["key"], d["etag"], d.get("size", 0)) for d in pending]
+    log.info(
+        "register: %d object(s) from %s, %d new record(s), %d video(s) to extract in this run",
+        len(objects),
+        source,
+        created,
+        len(refs),
+    )
+    return refs
+
+
+def _batch(db: Database, limit: int) -> list[dict[str, Any]]:
+    """The run's videos, oldest first within each group: videos no run has moved for
+    ``RESUME_IDLE`` (a run stopped half way), then new uploads, then the rest of the
+    resumable ones (most likely still in an overlapping run's hands), so that overlapping
+    runs drain new uploads instead of taking each other's batches."""
+    resumable = {
+        "$or": [
+            {"status": {"$in": [s for s in registry.RESUMABLE if s != registry.DISCOVERED]}},
+            {"status": FAILED, "attempts": {"$lt": registry.MAX_ATTEMPTS}},
+        ]
+    }
+    idle_since = registry.now() - RESUME_IDLE
+    groups = (
+        {**resumable, "updated_at": {"$lt": idle_since}},
+        {"status": registry.DISCOVERED},
+        {**resumable, "updated_at": {"$gte": idle_since}},
+    )
+    batch: list[dict[str, Any]] = []
+    for query in groups:
+        if len(batch) >= limit:
+            break
+        batch += (
+            db[registry.VIDEOS]
+            .find(query, {"bucket": 1, "key": 1, "etag": 1, "size": 1})
+            .sort("created_at", 1)
+            .limit(limit - len(batch))
+        )
+    return batch
+
+
+def _with_etag(s3, obj: S3Object) -> S3Object:
+    return obj if obj.etag else head(s3, obj.bucket, obj.key)
+
+
+def extract_one(
+    s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, work_dir: str
+) -> dict[str, Any]:
+    """Claim, extract and record one video. Returns a small outcome dict.
+
+    Bad input ends as ``quarantined`` with a reason (no exception). Infrastructure
+    errors mark the video ``failed`` and re-raise, so the caller's retry policy runs.
+    A video extracted before (by an earlier or concurrent run) is reported as is.
+    """
+
+    def work():
+        from framesift.ingest.extract import extract_to_s3  # PyAV loads only where frames are decoded
+
+        manifest = extract_to_s3(s3, ref.bucket, ref.key, ref.etag, cfg, work_dir=work_dir, log=log)
+        fields = {
+            "manifest_uri": manifest.get("manifest_uri"),
+            "frames_prefix": manifest.get("frames_prefix"),
+            "frames": {
+                k: manifest.get(k)
+                for k in (
+                    "frames_read",
+                    "frames_written",
+                    "frames_skipped",
+                    "frames_duplicate",
+                    "frames_corrupt",
+                )
+            },
+            "video": {
+                k: manifest.get(k) for k in ("width", "height", "fps", "duration_s", "codec", "rotation")
+            },
+        }
+        if manifest["status"] == QUARANTINED:
+            log.warning(
+                "quarantined s3://%s/%s: %s. Next step: fix or re-encode the file and upload it again "
+                "(a new version gets a new record).",
+                ref.bucket,
+                ref.key,
+                manifest.get("reason"),
+            )
+            return QUARANTINED, manifest.get("reason"), fields
+        return EXTRACTED, None, fields
+
+    doc, did = run_stage(db, ref, run_id, working=EXTRACTING, from_statuses=[DISCOVERED], work=work)
+    return stage_outcome(ref, doc, skipped=not did)
+
+
+def run_videos(db: Database, video_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """A run's video records, read back from the registry (the source of truth)."""
+    return list(db[registry.VIDEOS].find({"_id": {"$in": list(video_ids)}}))
+
+
+def summarize(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over a run's video records."""
+    by_status: dict[str, int] = {}
+    frames = 0
+    for d in docs:
+        by_status[d["status"]] = by_status.get(d["status"], 0) + 1
+        frames += (d.get("frames") or {}).get("frames_written", 0) or 0
+    return {
+        "videos": len(docs),
+        "by_status": by_status,
+        "frames_written": frames,
+        "quarantined": [
+            {"key": d["key"], "reason": d.get("reason")} for d in docs if d["status"] == QUARANTINED
+        ],
+        "failed": [{"key": d["key"], "reason": d.get("reason")} for d in docs if d["status"] == FAILED],
+        "extracted": [
+            {
+                "key": d["key"],
+                "frames_prefix": d.get("frames_prefix"),
+                "frames": (d.get("frames") or {}).get("frames_written"),
+            }
+            for d in docs
+            if d["status"] == EXTRACTED
+        ],
+    }

@@ -1,0 +1,416 @@
+"""The selection stage of an ingest run: one selection over the whole batch of videos.
+
+Reads each inferred video's embeddings and Lightly predictions from S3, the datapool
+(frames selected by earlier runs) from the ``selections`` collection, runs the selection
+engine, writes the report and the selection's datapool file to S3, records the
+``selections`` document and moves each video to ``selected``. Idempotent per run: a
+retry finds the finished selection and returns it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pymongo.database import Database
+
+from framesift.config.schema import PipelineConfig, SelectionConfig
+from framesift.inference.predictions import load_video_outputs
+from framesift.ingest import registry
+from framesift.ingest.registry import VideoRef
+from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
+from framesift.selection.datapool import SELECTIONS, read_datapool
+from framesift.selection.engine import select
+from framesift.selection.inputs import SelectionInputs
+from framesift.selection.shards import merge_shards, select_shard, shard_from_bytes, shard_to_bytes
+from framesift.selection.spec import parse_selection
+
+log = logging.getLogger("framesift.select")
+
+
+def selection_id(run_id: str, video_ids: list[str]) -> str:
+    return hashlib.sha1(f"{run_id}|{','.join(sorted(video_ids))}".encode()).hexdigest()[:16]
+
+
+def _selection_config(cfg: PipelineConfig, overrides: dict[str, Any] | None):
+    sel_cfg = cfg.selection.model_copy(update=overrides or {})
+    return sel_cfg, parse_selection(sel_cfg, cfg.important_classes)
+
+
+def _plan_config(cfg: PipelineConfig, plan: dict[str, Any]):
+    """The selection settings a shard plan was made with (the run's overrides included)."""
+    sel_cfg = SelectionConfig.model_validate(plan["config"])
+    return sel_cfg, parse_selection(sel_cfg, cfg.important_classes)
+
+
+def _videos(db: Database, video_ids: list[str]) -> list[dict[str, Any]]:
+    """The registry documents of ``video_ids``, in that order."""
+    by_id = {d["_id"]: d for d in db[registry.VIDEOS].find({"_id": {"$in": video_ids}})}
+    return [by_id[v] for v in video_ids if v in by_id]
+
+
+def _claim(db: Database, refs: list[VideoRef], run_id: str) -> list[dict[str, Any]]:
+    claimed = []
+    for ref in refs:
+        doc = registry.claim(
+            db, ref.video_id, run_id, to=registry.SELECTING, from_statuses=[registry.INFERRED]
+        )
+        if doc is not None:
+            claimed.append(doc)
+    return claimed
+
+
+def _fail(db: Database, docs: list[dict[str, Any]], run_id: str, exc: Exception) -> None:
+    for doc in docs:
+        registry.mark(
+            db,
+            doc["_id"],
+            registry.FAILED,
+            run_id,
+            reason=f"selecting: {exc}",
+            failed_stage=registry.SELECTING,
+        )
+
+
+def plan_selection(
+    s3,
+    db: Database,
+    cfg: PipelineConfig,
+    refs: list[VideoRef],
+    *,
+    run_id: str,
+    overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Split a batch over ``selection.shard_max_frames`` frames into shards (whole videos).
+
+    Returns one item per shard for the mapped ``select_shard`` tasks, or ``[]`` when the
+    batch fits one worker (``select_batch`` then selects in one pass). The plan is the
+    ``selections`` document in state ``sharded``; a retry returns the same shards.
+    """
+    sid = selection_id(run_id, [r.video_id for r in refs])
+    existing = db[SELECTIONS].find_one({"_id": sid}, {"state": 1, "shards": 1})
+    if existing and existing.get("state") == "sharded":
+        return [_shard_item(sid, sh) for sh in existing["shards"]]
+    if existing:
+        return []
+    sel_cfg, _ = _selection_config(cfg, overrides)  # a bad config fails here, before any claim
+    docs = list(
+        db[registry.VIDEOS].find({"_id": {"$in": [r.video_id for r in refs]}}, {"inference.frames": 1})
+    )
+    total = sum(int((d.get("inference") or {}).get("frames") or 0) for d in docs)
+    if total <= sel_cfg.shard_max_frames:
+        log.info(
+            "selection %s: %d frames fit one worker (shard_max_frames %d)",
+            sid,
+            total,
+            sel_cfg.shard_max_frames,
+        )
+        return []
+    claimed = _claim(db, refs, run_id)
+    shards: list[dict[str, Any]] = []
+    for doc in claimed:
+        frames = int((doc.get("inference") or {}).get("frames") or 0)
+        if frames == 0:
+            continue  # nothing to select from; the merge marks it not_selected
+        if not shards or shards[-1]["frames"] + frames > sel_cfg.shard_max_frames:
+            shards.append({"shard": str(len(shards)), "video_ids": [], "frames": 0, "uri": None})
+        shards[-1]["video_ids"].append(doc["_id"])
+        shards[-1]["frames"] += frames
+    db[SELECTIONS].replace_one(
+        {"_id": sid},
+        {
+            "_id": sid,
+            "run_id": run_id,
+            "state": "sharded",
+            "config": sel_cfg.model_dump(mode="json"),
+            "video_ids": [d["_id"] for d in claimed],
+            "n_input": sum(sh["frames"] for sh in shards),
+            "shards": shards,
+            "created_at": registry.now(),
+        },
+        upsert=True,
+    )
+    log.info(
+        "selection %s: %d frames of %d video(s) in %d shards of at most %d frames",
+        sid,
+        total,
+        len(claimed),
+        len(shards),
+        sel_cfg.shard_max_frames,
+    )
+    return [_shard_item(sid, sh) for sh in shards]
+
+
+def _shard_item(sid: str, shard: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "selection_id": sid,
+        "shard": shard["shard"],
+        "videos": len(shard["video_ids"]),
+        "frames": shard["frames"],
+    }
+
+
+def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str, shard: str) -> str:
+    """Greedy selection on one shard of a plan; its winners go to S3. Returns their URI."""
+
+    plan = db[SELECTIONS].find_one({"_id": selection_id, "state": "sharded"})
+    if plan is None:
+        raise LookupError(f"selection {selection_id} has no shard plan (was plan_selection run?)")
+    entry = next(sh for sh in plan["shards"] if sh["shard"] == shard)
+    sel_cfg, spec = _plan_config(cfg, plan)
+    docs = _videos(db, entry["video_ids"])
+    started = time.perf_counter()
+    inputs = _inputs(s3, cfg, docs)
+    pool_ids, pool_emb = read_datapool(s3, db, selection_id)
+    result = select_shard(
+        inputs,
+        spec,
+        total_frames=plan["n_input"],
+        oversample=sel_cfg.shard_oversample,
+        shard_id=shard,
+        datapool_embeddings=pool_emb,
+        datapool_ids=pool_ids,
+    )
+    key = join_key(cfg.storage.output_prefix, "selections", selection_id, "shards", f"{shard}.npz")
+    put_bytes(s3, cfg.storage.out_bucket, key, shard_to_bytes(result), "application/octet-stream")
+    uri = s3_uri(cfg.storage.out_bucket, key)
+    seconds = round(time.perf_counter() - started, 3)
+    db[SELECTIONS].update_one(
+        {"_id": selection_id, "shards.shard": shard},
+        {
+            "$set": {
+                "shards.$.uri": uri,
+                "shards.$.winners": len(result.winner_index),
+                "shards.$.seconds": seconds,
+            }
+        },
+    )
+    log.info(
+        "selection %s shard %s: %d winners of %d frames (%d videos) in %.1f s -> %s",
+        selection_id,
+        shard,
+        len(result.winner_index),
+        inputs.n,
+        len(docs),
+        seconds,
+        uri,
+    )
+    return uri
+
+
+def select_batch(
+    s3,
+    db: Database,
+    cfg: PipelineConfig,
+    refs: list[VideoRef],
+    *,
+    run_id: str,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Select over the run's inferred videos; return the selection record (plain data).
+
+    ``overrides``: selection settings from the run's params (``n_samples``,
+    ``proportion_samples``, ``strategies``) that replace the config's for this run.
+    When ``plan_selection`` split the batch into shards, merges the shards' winners.
+    """
+    sid = selection_id(run_id, [r.video_id for r in refs])
+    existing = db[SELECTIONS].find_one({"_id": sid, "state": {"$in": ["done", "sharded"]}})
+    if existing and existing["state"] == "done":
+        log.info("selection %s already done (a retry): %d frames", sid, len(existing["selected"]))
+        return existing
+    if existing:
+        return _merge(s3, db, cfg, existing, run_id)
+
+    sel_cfg, spec = _selection_config(cfg, overrides)
+    claimed = _claim(db, refs, run_id)
+    if not claimed:
+        log.info("selection %s: no inferred videos to select from", sid)
+        return {"_id": sid, "state": "empty", "selected": [], "videos": []}
+
+    try:
+        return _select(s3, db, cfg, sid, run_id, claimed, sel_cfg, spec)
+    except Exception as exc:
+        _fail(db, claimed, run_id, exc)
+        raise
+
+
+def _inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> SelectionInputs:
+    """The frames of the videos, one after the other; frame names are ``<video_id>/<name>``."""
+    ids, videos, embs, preds = [], [], [], []
+    schema: dict[str, Any] = {}
+    for doc in docs:
+        v_names, v_ids, emb, v_preds, schema = load_video_outputs(s3, cfg, doc)
+        ids += v_ids
+        videos += [doc["key"]] * len(v_names)
+        embs.append(emb)
+        preds += v_preds
+    return SelectionInputs(
+        frame_names=ids,
+        embeddings=np.concatenate(embs).astype(np.float32, copy=False) if ids else None,
+        video_keys=videos,
+        predictions=preds,
+        categories=schema.get("categories"),
+        task_name=docs[0]["inference"]["task_name"] if docs else "object-detection",
+    )
+
+
+def _select(s3, db, cfg, sid, run_id, docs, sel_cfg, spec) -> dict[str, Any]:
+    inputs = _inputs(s3, cfg, docs)
+    if not inputs.n:
+        for doc in docs:
+            registry.mark(db, doc["_id"], registry.NOT_SELECTED, run_id, selection_id=sid, selected_frames=[])
+        return {"_id": sid, "state": "empty", "selected": [], "videos": []}
+
+    pool_ids, pool_emb = read_datapool(s3, db, sid)
+    if sel_cfg.n_samples and sel_cfg.n_samples > inputs.n:
+        # a small batch is not a config error: take everything it has
+        log.warning(
+            "selection %s: n_samples %d > %d input frames; selecting all", sid, sel_cfg.n_samples, inputs.n
+        )
+        budget = inputs.n
+    else:
+        budget = spec.budget(inputs.n)
+    result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
+    return _finish(s3, db, cfg, sid, run_id, docs, sel_cfg, inputs, result, budget)
+
+
+def _merge(s3, db, cfg, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The second greedy pass over the shards' winners (distributed greedy)."""
+
+    sid = plan["_id"]
+    docs = _videos(db, plan["video_ids"])
+    try:
+        missing = [sh["shard"] for sh in plan["shards"] if not sh.get("uri")]
+        if missing:
+            raise RuntimeError(
+                f"shard(s) {', '.join(missing)} of {len(plan['shards'])} have no result: their "
+                "select_shard task failed (see its log); the next run selects these videos again"
+            )
+        shards = [shard_from_bytes(get_bytes(s3, *parse_s3_uri(sh["uri"]))) for sh in plan["shards"]]
+        sel_cfg, spec = _plan_config(cfg, plan)
+        pool_ids, pool_emb = read_datapool(s3, db, sid)
+        result = merge_shards(shards, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
+        union = SelectionInputs.concat([sh.winners for sh in shards])
+        shard_rows = [
+            {k: sh.get(k) for k in ("shard", "video_ids", "frames", "winners", "seconds", "uri")}
+            for sh in plan["shards"]
+        ]
+        return _finish(
+            s3, db, cfg, sid, run_id, docs, sel_cfg, union, result, result.budget, shards=shard_rows
+        )
+    except Exception as exc:
+        _fail(db, docs, run_id, exc)
+        raise
+
+
+def _finish(s3, db, cfg, sid, run_id, docs, sel_cfg, inputs, result, budget, shards=None) -> dict[str, Any]:
+    """Report and datapool file to S3, the ``selections`` record, each video's status."""
+    from framesift.selection.report import build_report  # matplotlib loads only here
+
+    ids, embeddings = inputs.frame_names, inputs.embeddings
+    prefix = join_key(cfg.storage.output_prefix, "selections", sid)
+    bucket = cfg.storage.out_bucket
+    title = f"framesift selection {sid}"
+    if shards:
+        title += f" (merged from {len(shards)} shards; the plots show their {inputs.n:,} winners)"
+    with tempfile.TemporaryDirectory() as tmp:
+        images = _example_images(s3, docs, result.selected_names[:8])
+        index = build_report(result, inputs, Path(tmp) / "report", images=images, title=title)
+        for path in sorted(index.parent.rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(index.parent).as_posix()
+                ctype = {"html": "text/html", "png": "image/png", "json": "application/json"}.get(
+                    path.suffix[1:]
+                )
+                put_bytes(s3, bucket, join_key(prefix, "report", rel), path.read_bytes(), ctype)
+        pool_path = Path(tmp) / "datapool.npz"
+        np.savez(
+            pool_path, embeddings=embeddings[result.selected], frame_names=np.array(result.selected_names)
+        )
+        put_bytes(
+            s3, bucket, join_key(prefix, "datapool.npz"), pool_path.read_bytes(), "application/octet-stream"
+        )
+
+    embedding_2d = _scatter_points(embeddings, result.selected)
+    by_video: dict[str, list[str]] = {}
+    for i in result.selected:
+        vid, name = ids[i].split("/", 1)
+        by_video.setdefault(vid, []).append(name)
+    values = result.to_dict()
+    n_input = result.counts["input"]
+    record = {
+        "_id": sid,
+        "run_id": run_id,
+        "state": "done",
+        "config": sel_cfg.model_dump(mode="json"),
+        "spec": values.get("spec"),
+        "videos": [
+            {"video_id": d["_id"], "key": d["key"], "frames": len(by_video.get(d["_id"], []))} for d in docs
+        ],
+        "n_input": n_input,
+        "budget": budget,
+        "selected": [ids[i] for i in result.selected],
+        "objective_names": values["objective_names"],
+        "objective_values": values["objective_values"],
+        "stop_reason": result.stop_reason,
+        "sizes": values["sizes"],
+        "balance": values["balance"],
+        "timings": values["timings"],
+        "shards": shards,
+        "embedding_2d": embedding_2d,
+        "report_uri": s3_uri(bucket, join_key(prefix, "report", "index.html")),
+        "datapool_uri": s3_uri(bucket, join_key(prefix, "datapool.npz")),
+        "created_at": registry.now(),
+    }
+    db[SELECTIONS].replace_one({"_id": sid}, record, upsert=True)
+    for doc in docs:
+        frames = by_video.get(doc["_id"], [])
+        status = registry.SELECTED if frames else registry.NOT_SELECTED
+        registry.mark(db, doc["_id"], status, run_id, selection_id=sid, selected_frames=frames)
+    log.info(
+        "selection %s: %d of %d frames from %d video(s) (%s%s); report %s",
+        sid,
+        len(result.selected),
+        n_input,
+        len(docs),
+        result.stop_reason,
+        f", {len(shards)} shards" if shards else "",
+        record["report_uri"],
+    )
+    return record
+
+
+def _scatter_points(embeddings: np.ndarray, selected, max_points: int = 2000) -> dict[str, Any]:
+    """A 2-D projection of (a sample of) the frames, selected ones apart, for tracking plots."""
+    from framesift.selection.report import project_2d  # matplotlib loads only here
+
+    rng = np.random.default_rng(0)
+    chosen = set(int(i) for i in selected)
+    others = np.array([i for i in range(len(embeddings)) if i not in chosen], dtype=int)
+    if len(others) > max_points:
+        others = np.sort(rng.choice(others, max_points, replace=False))
+    idx = np.concatenate([others, np.array(sorted(chosen), dtype=int)])
+    coords, method = project_2d(embeddings[idx])
+    coords = np.round(coords, 4).tolist()
+    return {"method": method, "input": coords[: len(others)], "selected": coords[len(others) :]}
+
+
+def _example_images(s3, docs: list[dict[str, Any]], frame_ids: list[str]) -> dict[str, np.ndarray]:
+    """A few selected frames as RGB arrays, for the report's examples."""
+    import cv2
+
+    by_id = {d["_id"]: d for d in docs}
+    images = {}
+    for fid in frame_ids:
+        vid, name = fid.split("/", 1)
+        bucket, prefix = parse_s3_uri(by_id[vid]["frames_prefix"])
+        data = np.frombuffer(get_bytes(s3, bucket, join_key(prefix, name)), np.uint8)
+        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        if bgr is not None:
+            images[fid] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return images
