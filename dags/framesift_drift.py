@@ -8,7 +8,7 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from framesift.config.loading import load_config
 from framesift_airflow.assets import inference_asset
-from framesift_airflow.drift_operators import (
+from framesift_airflow.operators.drift import (
     DeliverAlertsOperator,
     DriftLabelingOperator,
     DriftRunRecordOperator,

@@ -9,13 +9,15 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 from framesift.config.loading import load_config
 from framesift.selection.presets import PRESETS
 from framesift_airflow.assets import inference_asset, uploads_asset
-from framesift_airflow.operators import (
+from framesift_airflow.operators.ingest import (
     ExtractFramesOperator,
     InferOperator,
     IngestSummaryOperator,
-    PlanSelectionOperator,
-    PushSequenceOperator,
     RegisterUploadsOperator,
+)
+from framesift_airflow.operators.labeling import PushSequenceOperator
+from framesift_airflow.operators.selection import (
+    PlanSelectionOperator,
     SelectFramesOperator,
     SelectShardOperator,
 )

@@ -6,12 +6,12 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, CronTriggerTimetable
 
-from framesift_airflow.loop_operators import (
-    LABELS_ASSET,
+from framesift_airflow.assets import LABELS_ASSET
+from framesift_airflow.operators.labeling import SyncLabelsOperator
+from framesift_airflow.operators.loop import (
     ExportTrainingSetOperator,
     PublishLabelsOperator,
     ReviewLabelsOperator,
-    SyncLabelsOperator,
 )
 
 DOC = """

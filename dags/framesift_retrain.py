@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from framesift_airflow.loop_operators import (
-    LABELS_ASSET,
+from framesift_airflow.assets import LABELS_ASSET
+from framesift_airflow.operators.loop import (
     EvaluateOperator,
     PromoteOperator,
     RecordTrainingRunOperator,

@@ -28,6 +28,23 @@ for _key, _value in {
 Path(os.environ["TMPDIR"]).mkdir(parents=True, exist_ok=True)
 
 
+# fixtures that start a server; tests/unit uses none of them (those tests live in integration/)
+SERVER_FIXTURES = {"stack", "s3", "sqs", "mongo", "db", "isolated", "label_studio"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unit = ROOT / "tests" / "unit"
+    wrong = [
+        f"{item.nodeid} uses {sorted(SERVER_FIXTURES & set(item.fixturenames))}"
+        for item in items
+        if unit in Path(item.fspath).parents and SERVER_FIXTURES & set(item.fixturenames)
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "tests/unit starts no servers; move these to tests/integration:\n  " + "\n  ".join(wrong)
+        )
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Moto (S3+SQS) and SecantusDB on loopback, with Airflow connections in the env."""

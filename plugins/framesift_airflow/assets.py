@@ -1,4 +1,5 @@
-"""The uploads asset and its watcher: SQS notifications on AWS, prefix listing elsewhere."""
+"""The assets that chain the DAGs: uploads (with its watcher: SQS notifications on AWS,
+prefix listing elsewhere), new inference (schedules drift), new labels (schedules retrain)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,7 @@ def inference_asset(cfg: PipelineConfig | None = None) -> Asset:
     map to one URI only, and an outlet whose name another DAG version maps elsewhere is
     refused as inactive (tests run with many output prefixes)."""
     return Asset(name="framesift_inference", uri="framesift://inference")
+
+
+# a new training-set version: emitted by framesift_labels, schedules framesift_retrain
+LABELS_ASSET = Asset(name="framesift/labels", uri="framesift://labels")

@@ -18,13 +18,15 @@ import pytest
 import yaml
 
 from framesift.config.loading import parse_config
-from framesift.io import layout
+from framesift.config.schema import ReviewConfig
+from framesift.io import layout, model_registry
 from framesift.io.s3 import get_bytes, list_objects, parse_s3_uri, put_bytes
 from framesift.labeling import queue as lq
 from framesift.labeling.base import DONE, Box, FrameAnnotation
 from framesift.local.synth import Painter, ground_truth
 from framesift.loop import gate as evaluation
 from framesift.loop import training, trainset
+from framesift.loop.review import review_frames
 
 pytestmark = pytest.mark.slow
 
@@ -238,7 +240,7 @@ def test_train_evaluate_promote_serve_and_failures_keep_the_champion(cfg, s3, db
     cfg = parse_config(
         {**cfg.model_dump(), "evaluation": {**cfg.evaluation.model_dump(), "test_set": test_uri}}
     )
-    assert training.serving_config(db, cfg) is cfg  # no champion yet: the configured model
+    assert model_registry.serving_config(db, cfg) is cfg  # no champion yet: the configured model
 
     # the gate before any model: enough new labels, nothing measured yet -> continue
     first = evaluation.gate(s3, db, cfg, run_id="g1")
@@ -253,8 +255,8 @@ def test_train_evaluate_promote_serve_and_failures_keep_the_champion(cfg, s3, db
     assert ev["train_metrics"] is not None and ev["test_set_version"] == first["test_set_version"]
     p1 = training.promote(s3, db, cfg, m1["_id"], work_dir=tmp_path)
     assert p1["promoted"] and p1["reason"].startswith("first model")
-    assert training.champion(db)["_id"] == m1["_id"]
-    assert training.serving_config(db, cfg).inference.model_uri == m1["uri"]  # the next ingest uses it
+    assert model_registry.champion(db)["_id"] == m1["_id"]
+    assert model_registry.serving_config(db, cfg).inference.model_uri == m1["uri"]  # the next ingest uses it
 
     # a challenger that must beat the champion by a whole mAP point more than possible: not promoted
     strict = parse_config(
@@ -268,8 +270,8 @@ def test_train_evaluate_promote_serve_and_failures_keep_the_champion(cfg, s3, db
     training.evaluate_model(s3, db, strict, m2["_id"], work_dir=tmp_path)
     p2 = training.promote(s3, db, strict, m2["_id"], work_dir=tmp_path)
     assert not p2["promoted"] and p2["champion"] == m1["_id"] and "margin 1.0" in p2["reason"]
-    assert training.champion(db)["_id"] == m1["_id"]
-    assert [e["champion"] for e in evaluation.history(db)] == [m1["_id"], m1["_id"]]
+    assert model_registry.champion(db)["_id"] == m1["_id"]
+    assert [e["champion"] for e in model_registry.history(db)] == [m1["_id"], m1["_id"]]
 
     # training that fails mid-way (after its first epoch): recorded, champion unchanged
     def boom(trainer):
@@ -281,7 +283,7 @@ def test_train_evaluate_promote_serve_and_failures_keep_the_champion(cfg, s3, db
         )
     failed = db.models.find_one({"status": "failed"})
     assert "worker lost" in failed["error"] and not failed.get("uri")
-    assert training.champion(db)["_id"] == m1["_id"]
+    assert model_registry.champion(db)["_id"] == m1["_id"]
 
     # the gate now: no new labels since the champion's training set -> hold
     held = evaluation.gate(s3, db, cfg, run_id="g2")
@@ -300,3 +302,25 @@ def test_train_evaluate_promote_serve_and_failures_keep_the_champion(cfg, s3, db
         {**cfg.model_dump(), "evaluation": {**cfg.evaluation.model_dump(), "test_set": None}}
     )
     assert evaluation.gate(s3, db, missing)["outcome"] == "hold"
+
+
+def test_review_queue_gets_frames_over_the_threshold(mongo, stack):
+    db = mongo["t_review_unit"]
+    db.review_queue.drop()
+    frames = [
+        {
+            "_id": "v/a.png",
+            "frame_name": "a.png",
+            "labels": [("x", (0, 0, 10, 10))],
+            "predictions": [("x", (0, 0, 10, 10))],
+        },
+        {"_id": "v/b.png", "frame_name": "b.png", "labels": [("x", (0, 0, 10, 10))], "predictions": []},
+        {"_id": "v/c.png", "frame_name": "c.png", "labels": [], "predictions": [], "annotation_id": "7"},
+    ]
+    cfg = ReviewConfig(disagreement_threshold=0.5)
+    out = review_frames(db, cfg, frames, run_id="r1")
+    assert out["reviewed"] == 3 and out["flagged"] == 1 and out["missed"] == 1
+    doc = db.review_queue.find_one({})
+    assert doc["frame"] == "b.png" and doc["status"] == "open" and doc["disagreement"] == 1.0
+    review_frames(db, cfg, frames, run_id="r2")  # the same frames again: no second record
+    assert db.review_queue.count_documents({}) == 1

@@ -16,7 +16,6 @@ import os
 import socket
 import threading
 import uuid
-from datetime import timedelta
 from types import SimpleNamespace
 
 import cv2
@@ -27,7 +26,6 @@ from hypothesis import strategies as st
 
 from framesift.config.loading import parse_config
 from framesift.labeling import base
-from framesift.labeling import queue as lq
 from framesift.labeling.base import (
     DONE,
     IN_PROGRESS,
@@ -36,8 +34,6 @@ from framesift.labeling.base import (
     BadCredentials,
     Box,
     FrameMissing,
-    PushedSequence,
-    SequenceRequest,
     SequenceStatus,
     build_request,
     chunk,
@@ -50,6 +46,7 @@ from framesift.labeling.factory import get_backend
 from framesift.labeling.label_studio.backend import LabelStudioBackend
 from framesift.labeling.label_studio.client import LabelStudioClient
 from framesift.labeling.label_studio.tasks import config_labels, label_config, ls_to_px, px_to_ls
+from tests.fakes import Crash, make_request
 
 # ------------------------------------------------------------------ helpers
 
@@ -93,23 +90,6 @@ class FakeS3:
             raise self._Missing(Key)
         data = self.objects[(Bucket, Key)]
         return {"Body": SimpleNamespace(read=lambda: data)}
-
-
-def make_request(n_frames=3, *, video_id="vid1", selection_id="sel1", backend="label_studio", preds=True):
-    names = [f"clip-{i * 10:03d}-mp4.png" for i in range(n_frames)]
-    return SequenceRequest(
-        idempotency_key=base.idempotency_key(selection_id, video_id, backend),
-        title=f"clip-{video_id}",
-        selection_id=selection_id,
-        video_id=video_id,
-        video_key="videos/clip.mp4",
-        bucket="bkt",
-        frames_prefix=f"out/videos/{video_id}/frames",
-        frame_names=names,
-        classes=["car", "person"],
-        predictions={n: [Box("car", (10, 20, 30, 40), 0.9)] for n in names} if preds else {},
-        model_version="yolo-test",
-    )
 
 
 # ------------------------------------------------------- coordinates, chunks, names
@@ -460,166 +440,6 @@ def test_frame_missing_names_the_key_before_anything_is_created(stub):
     assert err.value.key == gone and f"s3://bkt/{gone}" in str(err.value)
     assert not err.value.retryable
     assert [r[0] for r in server.requests] == ["GET", "GET"]  # nothing was uploaded or created
-
-
-# ------------------------------------------------------- the outbox (exactly once)
-
-
-class FakeBackend:
-    """A platform in memory: sequences by key; counts pushes; can fail on demand."""
-
-    name = "fake"
-    tracks_review = True
-
-    def __init__(self):
-        self.sequences: dict[str, PushedSequence] = {}
-        self.pushes = 0
-        self.finds = 0
-        self.fail_push: Exception | None = None
-        self.status: dict[str, SequenceStatus] = {}
-
-    def ensure_project(self, classes):
-        return base.ProjectRef("p1", "http://fake/p1")
-
-    def push_sequence(self, request):
-        if self.fail_push:
-            raise self.fail_push
-        self.pushes += 1
-        if request.idempotency_key not in self.sequences:
-            self.sequences[request.idempotency_key] = PushedSequence(
-                backend=self.name,
-                project_id="p1",
-                ids=[f"t{len(self.sequences) + 1}"],
-                url=f"http://fake/t{len(self.sequences) + 1}",
-                n_frames=len(request.frame_names),
-                idempotency_key=request.idempotency_key,
-                project_url="http://fake/p1",
-            )
-        return self.sequences[request.idempotency_key]
-
-    def find_sequence(self, key):
-        self.finds += 1
-        return self.sequences.get(key)
-
-    def sequence_status(self, ids):
-        if ids[0] not in self.status:
-            raise base.SequenceNotFound(f"no {ids[0]}")
-        return self.status[ids[0]]
-
-    def export_annotations(self, ids):
-        return []
-
-
-@pytest.fixture
-def qdb(db):
-    return db
-
-
-class Crash(BaseException):
-    """Stands in for a killed worker (not an Exception: nothing may swallow it)."""
-
-
-def test_push_writes_the_record_before_the_platform_call(qdb):
-    backend = FakeBackend()
-    seen = {}
-
-    def spy(request):
-        seen["record"] = qdb[lq.COLLECTION].find_one({"_id": request.idempotency_key})
-        return FakeBackend.push_sequence(backend, request)
-
-    backend.push_sequence = spy  # type: ignore[method-assign]
-    rec = lq.push_exactly_once(qdb, backend, make_request(), labeler="ann@x", reviewer="rev@x")
-    assert seen["record"]["state"] == lq.PENDING  # the outbox record existed first
-    assert rec["state"] == lq.PUSHED and rec["backend_ids"] == ["t1"]
-    for field in lq.RECORD_FIELDS:
-        assert rec.get(field) is not None, field
-    assert rec["Labeler"] == "ann@x" and rec["Labeling status"] == IN_QUEUE and rec["recovered"] is False
-    names = {ix["name"] for ix in qdb[lq.COLLECTION].list_indexes()}
-    assert {
-        "idempotency_key_unique",
-        "state_backend",
-        "backend_statuses",
-        "video_id",
-        "selection_id",
-    } <= names
-
-
-def test_pushing_twice_calls_the_platform_once(qdb):
-    backend = FakeBackend()
-    first = lq.push_exactly_once(qdb, backend, make_request())
-    again = lq.push_exactly_once(qdb, backend, make_request())
-    assert backend.pushes == 1 and backend.finds == 0
-    assert again["_id"] == first["_id"] and qdb[lq.COLLECTION].count_documents({}) == 1
-    # another video, or the same video in another selection, is another push
-    lq.push_exactly_once(qdb, backend, make_request(video_id="vid2"))
-    lq.push_exactly_once(qdb, backend, make_request(selection_id="sel2"))
-    assert backend.pushes == 3 and qdb[lq.COLLECTION].count_documents({}) == 3
-
-
-def test_crash_between_push_and_record_is_recovered_without_a_second_push(qdb):
-    backend = FakeBackend()
-
-    def die(_pushed):
-        raise Crash()
-
-    with pytest.raises(Crash):
-        lq.push_exactly_once(qdb, backend, make_request(), owner="task-a", after_push=die)
-    rec = qdb[lq.COLLECTION].find_one({})
-    assert rec["state"] == lq.PENDING and backend.pushes == 1
-    # the retry (same task, so it may take its own claim over at once)
-    done = lq.push_exactly_once(qdb, backend, make_request(), owner="task-a")
-    assert backend.pushes == 1 and backend.finds == 1  # found on the platform, not pushed again
-    assert done["state"] == lq.PUSHED and done["recovered"] is True and done["backend_ids"] == ["t1"]
-    assert done["attempts"] == 2
-
-
-def test_crash_before_the_push_pushes_on_retry(qdb):
-    backend = FakeBackend()
-    backend.fail_push = BackendUnavailable("down")
-    with pytest.raises(BackendUnavailable):
-        lq.push_exactly_once(qdb, backend, make_request(), owner="task-a")
-    rec = qdb[lq.COLLECTION].find_one({})
-    assert rec["state"] == lq.PENDING and "down" in rec["last_error"] and rec["claimed_by"] is None
-    backend.fail_push = None
-    done = lq.push_exactly_once(qdb, backend, make_request(), owner="task-b")  # claim was released
-    assert done["state"] == lq.PUSHED and backend.pushes == 1 and done["recovered"] is False
-
-
-def test_a_live_claim_of_another_worker_blocks_until_its_lease_ends(qdb):
-    backend = FakeBackend()
-    with pytest.raises(Crash):
-        lq.push_exactly_once(
-            qdb,
-            backend,
-            make_request(),
-            owner="worker-1",
-            after_push=lambda p: (_ for _ in ()).throw(Crash()),
-        )
-    with pytest.raises(lq.PushInProgress) as err:
-        lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
-    assert err.value.retryable and "worker-1" in str(err.value) and err.value.retry_after > 0
-    # the lease runs out (pretend: move it into the past)
-    qdb[lq.COLLECTION].update_one({}, {"$set": {"claimed_until": lq._now() - timedelta(seconds=1)}})
-    done = lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
-    assert done["state"] == lq.PUSHED and done["recovered"] is True and backend.pushes == 1
-
-
-def test_sync_status_updates_statuses_and_history(qdb):
-    backend = FakeBackend()
-    rec = lq.push_exactly_once(qdb, backend, make_request())
-    lq.push_exactly_once(qdb, backend, make_request(video_id="gone"))
-    backend.status["t1"] = SequenceStatus(IN_PROGRESS, IN_QUEUE)
-    counts = lq.sync_status(qdb, backend)
-    assert counts == {"checked": 2, "changed": 1, "done": 0, "missing": 1}
-    backend.status["t1"] = SequenceStatus(DONE, DONE)
-    assert lq.sync_status(qdb, backend)["done"] == 1
-    after = qdb[lq.COLLECTION].find_one({"_id": rec["_id"]})
-    assert after["Labeling status"] == DONE and after["Reviewing status"] == DONE
-    assert [h.get("Labeling status") for h in after["status_history"]] == [IN_PROGRESS, DONE]
-    gone = qdb[lq.COLLECTION].find_one({"video_id": "gone"})
-    assert "no t2" in gone["sync_error"]
-    # a done record is not polled again
-    assert lq.sync_status(qdb, backend)["checked"] == 1
 
 
 # ------------------------------------------------------------ Encord, fake SDK

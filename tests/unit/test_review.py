@@ -12,7 +12,6 @@ from framesift.loop.review import (
     majority_vote,
     match_frame,
     paired_categories,
-    review_frames,
 )
 
 
@@ -54,29 +53,6 @@ def test_matching_is_greedy_by_iou_and_each_box_is_used_once():
     preds = [("a", (1, 0, 10, 10)), ("a", (0, 0, 10, 10))]  # the exact one wins, the other is spurious
     r = match_frame(preds, labels)
     assert not r.poor_localisation and len(r.spurious) == 1 and r.spurious[0]["prediction"][1][0] == 1.0
-
-
-@pytest.mark.slow  # starts the embedded stack (Mongo)
-def test_review_queue_gets_frames_over_the_threshold(mongo, stack):
-    db = mongo["t_review_unit"]
-    db.review_queue.drop()
-    frames = [
-        {
-            "_id": "v/a.png",
-            "frame_name": "a.png",
-            "labels": [("x", (0, 0, 10, 10))],
-            "predictions": [("x", (0, 0, 10, 10))],
-        },
-        {"_id": "v/b.png", "frame_name": "b.png", "labels": [("x", (0, 0, 10, 10))], "predictions": []},
-        {"_id": "v/c.png", "frame_name": "c.png", "labels": [], "predictions": [], "annotation_id": "7"},
-    ]
-    cfg = ReviewConfig(disagreement_threshold=0.5)
-    out = review_frames(db, cfg, frames, run_id="r1")
-    assert out["reviewed"] == 3 and out["flagged"] == 1 and out["missed"] == 1
-    doc = db.review_queue.find_one({})
-    assert doc["frame"] == "b.png" and doc["status"] == "open" and doc["disagreement"] == 1.0
-    review_frames(db, cfg, frames, run_id="r2")  # the same frames again: no second record
-    assert db.review_queue.count_documents({}) == 1
 
 
 def test_cohens_kappa_hand_computed():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -76,6 +77,30 @@ def _rank(level: str | None) -> int:
     return LEVELS.index(level) if level in LEVELS else 0
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One signal family's level for one source in one drift window, with its statistics."""
+
+    family: str
+    source: str
+    level: str
+    stats: list[dict[str, Any]]
+    window: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        return dedup_key(self.family, self.source)
+
+
+@dataclass(frozen=True)
+class RunLinks:
+    """Where the drift run that produced a reading can be seen."""
+
+    run_id: str
+    report_uri: str | None
+    clearml_url: str | None
+
+
 def active_incident(db: Database, key: str) -> dict[str, Any] | None:
     return db[ALERTS].find_one({"dedup_key": key, "state": {"$in": list(ACTIVE)}})
 
@@ -102,44 +127,33 @@ def update_incidents(
         "resolved": [],
         "unchanged": [],
     }
+    links = RunLinks(run_id, report_uri, clearml_url)
     for window in report.get("windows", []):
-        source = window["source"]
         for family, level in window["families"].items():
             if level == INSUFFICIENT:
                 continue
             stats = [s for s in window["statistics"] if s["family"] == family]
-            what, inc_id = _apply(
-                db,
-                dc,
-                dedup_key(family, source),
-                family,
-                source,
-                level,
-                stats,
-                window,
-                run_id,
-                report_uri,
-                clearml_url,
-            )
+            what, inc_id = _apply(db, dc, Reading(family, window["source"], level, stats, window), links)
             if inc_id:
                 out[what].append(inc_id)
     return out
 
 
-def _apply(db, dc, key, family, source, level, stats, window, run_id, report_uri, clearml_url):
+def _apply(db: Database, dc: DriftConfig, reading: Reading, links: RunLinks) -> tuple[str, str | None]:
     now = _now()
+    level, stats, window = reading.level, reading.stats, reading.window
     wid = window["window_id"]
-    inc = active_incident(db, key)
+    inc = active_incident(db, reading.key)
     alarming = level in (WARNING, CRITICAL)
     if inc is None:
         if not alarming:
             return "unchanged", None
-        return _open(db, dc, key, family, source, level, stats, window, run_id, report_uri, clearml_url, now)
+        return _open(db, dc, reading, links, now)
 
     # counted once per window: the filter on `windows` makes a duplicate run a no-op
     common = {
         "$push": {"windows": {"$each": [wid], "$slice": -MAX_WINDOWS_KEPT}},
-        "$addToSet": {"run_ids": run_id},
+        "$addToSet": {"run_ids": links.run_id},
     }
     if alarming:
         update = {
@@ -151,8 +165,8 @@ def _apply(db, dc, key, family, source, level, stats, window, run_id, report_uri
                 "values": stats,
                 "videos": window["videos"],
                 "sample_frames": window.get("sample_frames", []),
-                "report_uri": report_uri,
-                "clearml_url": clearml_url,
+                "report_uri": links.report_uri,
+                "clearml_url": links.clearml_url,
                 "updated_at": now,
                 **{f"peak.{s['name']}": s["value"] for s in stats if _above_peak(inc, s)},
             },
@@ -201,14 +215,15 @@ def _above_peak(inc: Mapping[str, Any], stat: Mapping[str, Any]) -> bool:
     return stat["value"] is not None and (old is None or stat["value"] > old)
 
 
-def _open(db, dc, key, family, source, level, stats, window, run_id, report_uri, clearml_url, now):
+def _open(db: Database, dc: DriftConfig, reading: Reading, links: RunLinks, now: datetime) -> tuple[str, str]:
+    key, level, stats, window = reading.key, reading.level, reading.stats, reading.window
     n = db[ALERTS].count_documents({"dedup_key": key, "state": RESOLVED}) + 1
     inc_id = f"{key}#{n}"
     doc = {
         "_id": inc_id,
         "dedup_key": key,
-        "family": family,
-        "source": source,
+        "family": reading.family,
+        "source": reading.source,
         "state": OPEN,
         "level": level,
         "alerted_level": level,
@@ -225,9 +240,9 @@ def _open(db, dc, key, family, source, level, stats, window, run_id, report_uri,
         "normal_windows": 0,
         "videos": window["videos"],
         "sample_frames": window.get("sample_frames", []),
-        "report_uri": report_uri,
-        "clearml_url": clearml_url,
-        "run_ids": [run_id],
+        "report_uri": links.report_uri,
+        "clearml_url": links.clearml_url,
+        "run_ids": [links.run_id],
         "history": [{"at": now, "event": OPENED, "level": level}],
     }
     try:

@@ -37,6 +37,7 @@ class ModelError(InferenceError):
 def ultralytics_yolo():
     """ultralytics' YOLO class, imported with offline defaults (nothing may download)."""
     import torch  # noqa: F401  (before ultralytics, which would set OMP_NUM_THREADS=1)
+
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "0")
     var = os.environ.get("FRAMESIFT_VAR_DIR")

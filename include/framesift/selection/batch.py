@@ -5,6 +5,10 @@ Reads each inferred video's embeddings and Lightly predictions from S3, the data
 engine, writes the report and the selection's datapool file to S3, records the
 ``selections`` document and moves each video to ``selected``. Idempotent per run: a
 retry finds the finished selection and returns it.
+
+A batch over ``selection.shard_max_frames`` frames is planned into shards
+(:func:`plan_selection`), each selected on its own worker (:func:`select_one_shard`), and
+merged by :func:`select_batch`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +28,14 @@ from framesift.config.schema import PipelineConfig, SelectionConfig
 from framesift.inference.predictions import load_video_outputs
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
+from framesift.io.context import StageContext
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
-from framesift.selection.datapool import SELECTIONS, read_datapool
+from framesift.selection.datapool import SELECTIONS, read_datapool, write_datapool
 from framesift.selection.engine import select
-from framesift.selection.inputs import SelectionInputs
+from framesift.selection.inputs import DEFAULT_TASK, SelectionInputs
+from framesift.selection.result import SelectionResult
 from framesift.selection.shards import merge_shards, select_shard, shard_from_bytes, shard_to_bytes
-from framesift.selection.spec import parse_selection
+from framesift.selection.spec import SelectionSpec, parse_selection
 
 log = logging.getLogger("framesift.select")
 
@@ -37,15 +44,29 @@ def selection_id(run_id: str, video_ids: list[str]) -> str:
     return hashlib.sha1(f"{run_id}|{','.join(sorted(video_ids))}".encode()).hexdigest()[:16]
 
 
-def _selection_config(cfg: PipelineConfig, overrides: dict[str, Any] | None):
-    sel_cfg = cfg.selection.model_copy(update=overrides or {})
-    return sel_cfg, parse_selection(sel_cfg, cfg.important_classes)
+@dataclass
+class Batch:
+    """One selection over a run's videos: its id, the claimed videos' registry documents
+    (in order) and the settings it runs with."""
+
+    sid: str
+    docs: list[dict[str, Any]]
+    settings: SelectionConfig
+    spec: SelectionSpec
 
 
-def _plan_config(cfg: PipelineConfig, plan: dict[str, Any]):
+def _settings(cfg: PipelineConfig, settings: SelectionConfig) -> tuple[SelectionConfig, SelectionSpec]:
+    return settings, parse_selection(settings, cfg.important_classes)
+
+
+def _run_settings(cfg: PipelineConfig, overrides: dict[str, Any] | None):
+    """The config's selection settings with the run's overrides (a bad one fails here)."""
+    return _settings(cfg, cfg.selection.model_copy(update=overrides or {}))
+
+
+def _plan_settings(cfg: PipelineConfig, plan: dict[str, Any]):
     """The selection settings a shard plan was made with (the run's overrides included)."""
-    sel_cfg = SelectionConfig.model_validate(plan["config"])
-    return sel_cfg, parse_selection(sel_cfg, cfg.important_classes)
+    return _settings(cfg, SelectionConfig.model_validate(plan["config"]))
 
 
 def _videos(db: Database, video_ids: list[str]) -> list[dict[str, Any]]:
@@ -54,24 +75,24 @@ def _videos(db: Database, video_ids: list[str]) -> list[dict[str, Any]]:
     return [by_id[v] for v in video_ids if v in by_id]
 
 
-def _claim(db: Database, refs: list[VideoRef], run_id: str) -> list[dict[str, Any]]:
+def _claim(ctx: StageContext, refs: list[VideoRef]) -> list[dict[str, Any]]:
     claimed = []
     for ref in refs:
         doc = registry.claim(
-            db, ref.video_id, run_id, to=registry.SELECTING, from_statuses=[registry.INFERRED]
+            ctx.db, ref.video_id, ctx.run_id, to=registry.SELECTING, from_statuses=[registry.INFERRED]
         )
         if doc is not None:
             claimed.append(doc)
     return claimed
 
 
-def _fail(db: Database, docs: list[dict[str, Any]], run_id: str, exc: Exception) -> None:
+def _fail(ctx: StageContext, docs: list[dict[str, Any]], exc: Exception) -> None:
     for doc in docs:
         registry.mark(
-            db,
+            ctx.db,
             doc["_id"],
             registry.FAILED,
-            run_id,
+            ctx.run_id,
             reason=f"selecting: {exc}",
             failed_stage=registry.SELECTING,
         )
@@ -92,32 +113,33 @@ def plan_selection(
     batch fits one worker (``select_batch`` then selects in one pass). The plan is the
     ``selections`` document in state ``sharded``; a retry returns the same shards.
     """
+    ctx = StageContext(s3, db, cfg, run_id)
     sid = selection_id(run_id, [r.video_id for r in refs])
     existing = db[SELECTIONS].find_one({"_id": sid}, {"state": 1, "shards": 1})
     if existing and existing.get("state") == "sharded":
         return [_shard_item(sid, sh) for sh in existing["shards"]]
     if existing:
         return []
-    sel_cfg, _ = _selection_config(cfg, overrides)  # a bad config fails here, before any claim
+    settings, _ = _run_settings(cfg, overrides)  # a bad config fails here, before any claim
     docs = list(
         db[registry.VIDEOS].find({"_id": {"$in": [r.video_id for r in refs]}}, {"inference.frames": 1})
     )
-    total = sum(int((d.get("inference") or {}).get("frames") or 0) for d in docs)
-    if total <= sel_cfg.shard_max_frames:
+    total = sum(_frames(d) for d in docs)
+    if total <= settings.shard_max_frames:
         log.info(
             "selection %s: %d frames fit one worker (shard_max_frames %d)",
             sid,
             total,
-            sel_cfg.shard_max_frames,
+            settings.shard_max_frames,
         )
         return []
-    claimed = _claim(db, refs, run_id)
+    claimed = _claim(ctx, refs)
     shards: list[dict[str, Any]] = []
     for doc in claimed:
-        frames = int((doc.get("inference") or {}).get("frames") or 0)
+        frames = _frames(doc)
         if frames == 0:
             continue  # nothing to select from; the merge marks it not_selected
-        if not shards or shards[-1]["frames"] + frames > sel_cfg.shard_max_frames:
+        if not shards or shards[-1]["frames"] + frames > settings.shard_max_frames:
             shards.append({"shard": str(len(shards)), "video_ids": [], "frames": 0, "uri": None})
         shards[-1]["video_ids"].append(doc["_id"])
         shards[-1]["frames"] += frames
@@ -127,7 +149,7 @@ def plan_selection(
             "_id": sid,
             "run_id": run_id,
             "state": "sharded",
-            "config": sel_cfg.model_dump(mode="json"),
+            "config": settings.model_dump(mode="json"),
             "video_ids": [d["_id"] for d in claimed],
             "n_input": sum(sh["frames"] for sh in shards),
             "shards": shards,
@@ -141,9 +163,13 @@ def plan_selection(
         total,
         len(claimed),
         len(shards),
-        sel_cfg.shard_max_frames,
+        settings.shard_max_frames,
     )
     return [_shard_item(sid, sh) for sh in shards]
+
+
+def _frames(doc: dict[str, Any]) -> int:
+    return int((doc.get("inference") or {}).get("frames") or 0)
 
 
 def _shard_item(sid: str, shard: dict[str, Any]) -> dict[str, Any]:
@@ -157,21 +183,20 @@ def _shard_item(sid: str, shard: dict[str, Any]) -> dict[str, Any]:
 
 def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str, shard: str) -> str:
     """Greedy selection on one shard of a plan; its winners go to S3. Returns their URI."""
-
     plan = db[SELECTIONS].find_one({"_id": selection_id, "state": "sharded"})
     if plan is None:
         raise LookupError(f"selection {selection_id} has no shard plan (was plan_selection run?)")
     entry = next(sh for sh in plan["shards"] if sh["shard"] == shard)
-    sel_cfg, spec = _plan_config(cfg, plan)
+    settings, spec = _plan_settings(cfg, plan)
     docs = _videos(db, entry["video_ids"])
     started = time.perf_counter()
-    inputs = _inputs(s3, cfg, docs)
+    inputs = _read_inputs(s3, cfg, docs)
     pool_ids, pool_emb = read_datapool(s3, db, selection_id)
     result = select_shard(
         inputs,
         spec,
         total_frames=plan["n_input"],
-        oversample=sel_cfg.shard_oversample,
+        oversample=settings.shard_oversample,
         shard_id=shard,
         datapool_embeddings=pool_emb,
         datapool_ids=pool_ids,
@@ -218,28 +243,29 @@ def select_batch(
     ``proportion_samples``, ``strategies``) that replace the config's for this run.
     When ``plan_selection`` split the batch into shards, merges the shards' winners.
     """
+    ctx = StageContext(s3, db, cfg, run_id)
     sid = selection_id(run_id, [r.video_id for r in refs])
     existing = db[SELECTIONS].find_one({"_id": sid, "state": {"$in": ["done", "sharded"]}})
     if existing and existing["state"] == "done":
         log.info("selection %s already done (a retry): %d frames", sid, len(existing["selected"]))
         return existing
     if existing:
-        return _merge(s3, db, cfg, existing, run_id)
+        return _merge(ctx, existing)
 
-    sel_cfg, spec = _selection_config(cfg, overrides)
-    claimed = _claim(db, refs, run_id)
+    settings, spec = _run_settings(cfg, overrides)
+    claimed = _claim(ctx, refs)
     if not claimed:
         log.info("selection %s: no inferred videos to select from", sid)
         return {"_id": sid, "state": "empty", "selected": [], "videos": []}
-
+    batch = Batch(sid, claimed, settings, spec)
     try:
-        return _select(s3, db, cfg, sid, run_id, claimed, sel_cfg, spec)
+        return _select(ctx, batch)
     except Exception as exc:
-        _fail(db, claimed, run_id, exc)
+        _fail(ctx, claimed, exc)
         raise
 
 
-def _inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> SelectionInputs:
+def _read_inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> SelectionInputs:
     """The frames of the videos, one after the other; frame names are ``<video_id>/<name>``."""
     ids, videos, embs, preds = [], [], [], []
     schema: dict[str, Any] = {}
@@ -255,106 +281,94 @@ def _inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> SelectionInp
         video_keys=videos,
         predictions=preds,
         categories=schema.get("categories"),
-        task_name=docs[0]["inference"]["task_name"] if docs else "object-detection",
+        task_name=docs[0]["inference"]["task_name"] if docs else DEFAULT_TASK,
     )
 
 
-def _select(s3, db, cfg, sid, run_id, docs, sel_cfg, spec) -> dict[str, Any]:
-    inputs = _inputs(s3, cfg, docs)
+def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
+    inputs = _read_inputs(ctx.s3, ctx.cfg, batch.docs)
     if not inputs.n:
-        for doc in docs:
-            registry.mark(db, doc["_id"], registry.NOT_SELECTED, run_id, selection_id=sid, selected_frames=[])
-        return {"_id": sid, "state": "empty", "selected": [], "videos": []}
+        for doc in batch.docs:
+            registry.mark(
+                ctx.db,
+                doc["_id"],
+                registry.NOT_SELECTED,
+                ctx.run_id,
+                selection_id=batch.sid,
+                selected_frames=[],
+            )
+        return {"_id": batch.sid, "state": "empty", "selected": [], "videos": []}
 
-    pool_ids, pool_emb = read_datapool(s3, db, sid)
-    if sel_cfg.n_samples and sel_cfg.n_samples > inputs.n:
+    pool_ids, pool_emb = read_datapool(ctx.s3, ctx.db, batch.sid)
+    n_samples = batch.settings.n_samples
+    if n_samples and n_samples > inputs.n:
         # a small batch is not a config error: take everything it has
         log.warning(
-            "selection %s: n_samples %d > %d input frames; selecting all", sid, sel_cfg.n_samples, inputs.n
+            "selection %s: n_samples %d > %d input frames; selecting all", batch.sid, n_samples, inputs.n
         )
         budget = inputs.n
     else:
-        budget = spec.budget(inputs.n)
-    result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
-    return _finish(s3, db, cfg, sid, run_id, docs, sel_cfg, inputs, result, budget)
+        budget = batch.spec.budget(inputs.n)
+    result = select(inputs, batch.spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
+    return _finish(ctx, batch, inputs, result)
 
 
-def _merge(s3, db, cfg, plan: dict[str, Any], run_id: str) -> dict[str, Any]:
+def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
     """The second greedy pass over the shards' winners (distributed greedy)."""
-
-    sid = plan["_id"]
-    docs = _videos(db, plan["video_ids"])
+    docs = _videos(ctx.db, plan["video_ids"])
     try:
+        batch = Batch(plan["_id"], docs, *_plan_settings(ctx.cfg, plan))
         missing = [sh["shard"] for sh in plan["shards"] if not sh.get("uri")]
         if missing:
             raise RuntimeError(
                 f"shard(s) {', '.join(missing)} of {len(plan['shards'])} have no result: their "
                 "select_shard task failed (see its log); the next run selects these videos again"
             )
-        shards = [shard_from_bytes(get_bytes(s3, *parse_s3_uri(sh["uri"]))) for sh in plan["shards"]]
-        sel_cfg, spec = _plan_config(cfg, plan)
-        pool_ids, pool_emb = read_datapool(s3, db, sid)
-        result = merge_shards(shards, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
+        shards = [shard_from_bytes(get_bytes(ctx.s3, *parse_s3_uri(sh["uri"]))) for sh in plan["shards"]]
+        pool_ids, pool_emb = read_datapool(ctx.s3, ctx.db, batch.sid)
+        result = merge_shards(shards, batch.spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
         union = SelectionInputs.concat([sh.winners for sh in shards])
         shard_rows = [
             {k: sh.get(k) for k in ("shard", "video_ids", "frames", "winners", "seconds", "uri")}
             for sh in plan["shards"]
         ]
-        return _finish(
-            s3, db, cfg, sid, run_id, docs, sel_cfg, union, result, result.budget, shards=shard_rows
-        )
+        return _finish(ctx, batch, union, result, shards=shard_rows)
     except Exception as exc:
-        _fail(db, docs, run_id, exc)
+        _fail(ctx, docs, exc)
         raise
 
 
-def _finish(s3, db, cfg, sid, run_id, docs, sel_cfg, inputs, result, budget, shards=None) -> dict[str, Any]:
+def _finish(
+    ctx: StageContext,
+    batch: Batch,
+    inputs: SelectionInputs,
+    result: SelectionResult,
+    shards: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Report and datapool file to S3, the ``selections`` record, each video's status."""
-    from framesift.selection.report import build_report  # matplotlib loads only here
-
-    ids, embeddings = inputs.frame_names, inputs.embeddings
-    prefix = join_key(cfg.storage.output_prefix, "selections", sid)
-    bucket = cfg.storage.out_bucket
-    title = f"framesift selection {sid}"
-    if shards:
-        title += f" (merged from {len(shards)} shards; the plots show their {inputs.n:,} winners)"
-    with tempfile.TemporaryDirectory() as tmp:
-        images = _example_images(s3, docs, result.selected_names[:8])
-        index = build_report(result, inputs, Path(tmp) / "report", images=images, title=title)
-        for path in sorted(index.parent.rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(index.parent).as_posix()
-                ctype = {"html": "text/html", "png": "image/png", "json": "application/json"}.get(
-                    path.suffix[1:]
-                )
-                put_bytes(s3, bucket, join_key(prefix, "report", rel), path.read_bytes(), ctype)
-        pool_path = Path(tmp) / "datapool.npz"
-        np.savez(
-            pool_path, embeddings=embeddings[result.selected], frame_names=np.array(result.selected_names)
-        )
-        put_bytes(
-            s3, bucket, join_key(prefix, "datapool.npz"), pool_path.read_bytes(), "application/octet-stream"
-        )
-
-    embedding_2d = _scatter_points(embeddings, result.selected)
+    prefix = join_key(ctx.cfg.storage.output_prefix, "selections", batch.sid)
+    report_uri = _write_report(ctx, batch, inputs, result, prefix, shards)
+    datapool_uri = write_datapool(
+        ctx.s3, ctx.cfg.storage.out_bucket, join_key(prefix, "datapool.npz"), inputs, result
+    )
     by_video: dict[str, list[str]] = {}
-    for i in result.selected:
-        vid, name = ids[i].split("/", 1)
-        by_video.setdefault(vid, []).append(name)
+    for name in result.selected_names:
+        vid, frame = name.split("/", 1)
+        by_video.setdefault(vid, []).append(frame)
     values = result.to_dict()
-    n_input = result.counts["input"]
     record = {
-        "_id": sid,
-        "run_id": run_id,
+        "_id": batch.sid,
+        "run_id": ctx.run_id,
         "state": "done",
-        "config": sel_cfg.model_dump(mode="json"),
+        "config": batch.settings.model_dump(mode="json"),
         "spec": values.get("spec"),
         "videos": [
-            {"video_id": d["_id"], "key": d["key"], "frames": len(by_video.get(d["_id"], []))} for d in docs
+            {"video_id": d["_id"], "key": d["key"], "frames": len(by_video.get(d["_id"], []))}
+            for d in batch.docs
         ],
-        "n_input": n_input,
-        "budget": budget,
-        "selected": [ids[i] for i in result.selected],
+        "n_input": result.counts["input"],
+        "budget": result.budget,
+        "selected": list(result.selected_names),
         "objective_names": values["objective_names"],
         "objective_values": values["objective_values"],
         "stop_reason": result.stop_reason,
@@ -362,27 +376,48 @@ def _finish(s3, db, cfg, sid, run_id, docs, sel_cfg, inputs, result, budget, sha
         "balance": values["balance"],
         "timings": values["timings"],
         "shards": shards,
-        "embedding_2d": embedding_2d,
-        "report_uri": s3_uri(bucket, join_key(prefix, "report", "index.html")),
-        "datapool_uri": s3_uri(bucket, join_key(prefix, "datapool.npz")),
+        "embedding_2d": _scatter_points(inputs.embeddings, result.selected),
+        "report_uri": report_uri,
+        "datapool_uri": datapool_uri,
         "created_at": registry.now(),
     }
-    db[SELECTIONS].replace_one({"_id": sid}, record, upsert=True)
-    for doc in docs:
+    ctx.db[SELECTIONS].replace_one({"_id": batch.sid}, record, upsert=True)
+    for doc in batch.docs:
         frames = by_video.get(doc["_id"], [])
         status = registry.SELECTED if frames else registry.NOT_SELECTED
-        registry.mark(db, doc["_id"], status, run_id, selection_id=sid, selected_frames=frames)
+        registry.mark(ctx.db, doc["_id"], status, ctx.run_id, selection_id=batch.sid, selected_frames=frames)
     log.info(
         "selection %s: %d of %d frames from %d video(s) (%s%s); report %s",
-        sid,
+        batch.sid,
         len(result.selected),
-        n_input,
-        len(docs),
+        record["n_input"],
+        len(batch.docs),
         result.stop_reason,
         f", {len(shards)} shards" if shards else "",
-        record["report_uri"],
+        report_uri,
     )
     return record
+
+
+def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards) -> str:
+    """The HTML report (with its plots and example frames) under ``<prefix>/report/``."""
+    from framesift.selection.report import build_report  # matplotlib loads only here
+
+    title = f"framesift selection {batch.sid}"
+    if shards:
+        title += f" (merged from {len(shards)} shards; the plots show their {inputs.n:,} winners)"
+    bucket = ctx.cfg.storage.out_bucket
+    with tempfile.TemporaryDirectory() as tmp:
+        images = _example_images(ctx.s3, batch.docs, result.selected_names[:8])
+        index = build_report(result, inputs, Path(tmp) / "report", images=images, title=title)
+        for path in sorted(index.parent.rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(index.parent).as_posix()
+                ctype = {"html": "text/html", "png": "image/png", "json": "application/json"}.get(
+                    path.suffix[1:]
+                )
+                put_bytes(ctx.s3, bucket, join_key(prefix, "report", rel), path.read_bytes(), ctype)
+    return s3_uri(bucket, join_key(prefix, "report", "index.html"))
 
 
 def _scatter_points(embeddings: np.ndarray, selected, max_points: int = 2000) -> dict[str, Any]:

@@ -46,10 +46,9 @@ it is dropped (Lightly: no two selected frames closer than that), and the run st
 none is left; a WEIGHTS ``stopping_condition_max_sum``: the run stops once the summed raw
 values of the selected frames reach it; or no candidates left.
 
-**Sequences.** With ``selected_sequence_length = L > 1`` each greedy pick brings the
-frames around it in the same video (consecutive in frame order among the frames still
-available), about L/2 on each side, so a run of L frames is selected; the budget counts
-frames and the last run is cut to fit.
+**Sequences.** With ``selected_sequence_length = L > 1`` each greedy pick brings a run of
+L frames around it (:mod:`framesift.selection.sequences`); the budget counts frames and
+the last run is cut to fit.
 
 **Scale.** Per pick: O(N) vector work (the product, the argmax, BALANCE's gains, in
 float32) plus, per 64 picks, one pass of ``X @ C.T``. 1M x 256-d, 1,000 picks of
@@ -78,6 +77,7 @@ from framesift.selection.diversity import (
 from framesift.selection.inputs import SelectionInputs, parse_frame_name
 from framesift.selection.random_values import name_hash_uniform
 from framesift.selection.result import SelectionResult
+from framesift.selection.sequences import FrameOrder
 from framesift.selection.similarity import similarity_values
 from framesift.selection.spec import InputType, SelectionConfigError, SelectionSpec, StrategyType
 from framesift.selection.threshold import threshold_mask
@@ -313,8 +313,10 @@ class SelectionRun:
         stop_reason = "budget"
         self.counts["too_close"] = 0
         refreshes = 0
-        order, first_of_video, last_of_video, rank = (
-            self._sequence_index() if self.sequence_length > 1 else (None,) * 4
+        frame_order = (
+            FrameOrder.of(self.inputs.video_keys, self.inputs.frame_indices)
+            if self.sequence_length > 1
+            else None
         )
 
         def flush() -> None:
@@ -434,9 +436,7 @@ class SelectionRun:
                     raw[j] = d
             group = [pick]
             if self.sequence_length > 1:
-                group = self._sequence_members(
-                    pick, order, first_of_video, last_of_video, rank, k - len(selected)
-                )
+                group = frame_order.sequence(pick, min(self.sequence_length, k - len(selected)), self.dead)
             stop_max_sum = False
             for f in group:
                 self.status[f] = _SELECTED
@@ -477,48 +477,6 @@ class SelectionRun:
                 self.counts["too_close"] += self._mark(mask, _TOO_CLOSE)
         fbar[rows] = combined_static[rows] * div_factor(self.ub[rows])  # type: ignore[index]
         fbar[rows[self.dead[rows]]] = -1.0
-
-    def _sequence_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        videos = np.asarray(self.inputs.video_keys, dtype=object)
-        _, vcode = np.unique(videos, return_inverse=True)
-        order = np.lexsort((np.arange(self.n), self.inputs.frame_indices, vcode))
-        rank = np.empty(self.n, dtype=np.int64)
-        rank[order] = np.arange(self.n)
-        vs = vcode[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(vs)) + 1]
-        ends = np.r_[starts[1:], self.n]
-        first = np.empty(self.n, dtype=np.int64)
-        last = np.empty(self.n, dtype=np.int64)
-        for a, b in zip(starts, ends, strict=True):
-            first[order[a:b]] = a
-            last[order[a:b]] = b
-        return order, first, last, rank
-
-    def _sequence_members(self, pick, order, first, last, rank, room) -> list[int]:
-        """The pick plus available frames of its video around it, up to L (and ``room``)."""
-        want = min(self.sequence_length, room)
-        lo_lim, hi_lim = int(first[pick]), int(last[pick])
-        r = int(rank[pick])
-        left: list[int] = []
-        right: list[int] = []
-        li, ri = r - 1, r + 1
-        need_left = (want - 1) // 2
-        while 1 + len(left) + len(right) < want and (li >= lo_lim or ri < hi_lim):
-            take_left = len(left) < need_left or ri >= hi_lim
-            if take_left and li >= lo_lim:
-                f = int(order[li])
-                li -= 1
-                if not self.dead[f]:
-                    left.append(f)
-            elif ri < hi_lim:
-                f = int(order[ri])
-                ri += 1
-                if not self.dead[f]:
-                    right.append(f)
-            else:
-                need_left = want  # only the left side is left
-        # temporal order: left (reversed) + pick + right, the greedy pick first in pick order
-        return [pick] + sorted(left + right, key=lambda f: int(rank[f]))
 
     def _result(self, selected, anchors, obj_rows, raw_rows, stop_reason) -> SelectionResult:
         sel = np.asarray(selected, dtype=np.int64)

@@ -1,53 +1,18 @@
-"""Operators of the labels and retrain DAGs: glue that gets clients from FramesiftHook and
-calls the core (labeling_queue, trainset, review, evaluation, training, tracking)."""
+"""Operators of the loop: labels to training sets, review, the retrain gate, training,
+evaluation, promotion and the training run's ClearML task.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from airflow.providers.standard.operators.python import ShortCircuitOperator
-from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
-# a new training-set version: emitted by framesift_labels, schedules framesift_retrain
-LABELS_ASSET = Asset(name="framesift/labels", uri="framesift://labels")
+from framesift_airflow.operators.base import ConfigOperator, framesift_hook, work_dir
 
 
-def _hook(config_path):
-    from framesift_airflow.hooks import FramesiftHook
-
-    return FramesiftHook(config_path)
-
-
-def _work_dir() -> str:
-    from framesift.local.stack import var_dir
-
-    path = var_dir() / "work" / "training"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-class _LoopOperator(BaseOperator):
-    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
-
-
-class SyncLabelsOperator(_LoopOperator):
-    """Labeling/Reviewing status of the open `labeling_queue` records, from the platform."""
-
-    ui_color = "#fdf3e8"
-
-    def execute(self, context) -> dict[str, int]:
-        from framesift.labeling.queue import sync_status
-
-        hook = _hook(self.config_path)
-        counts = sync_status(hook.db, hook.labeling_backend())
-        self.log.info("labeling queue: %s", counts)
-        return counts
-
-
-class ExportTrainingSetOperator(_LoopOperator):
+class ExportTrainingSetOperator(ConfigOperator):
     """Finished annotations -> Mongo `labels` -> a new training-set version in S3 (if any changed)."""
 
     ui_color = "#fdf3e8"
@@ -55,13 +20,13 @@ class ExportTrainingSetOperator(_LoopOperator):
     def execute(self, context) -> dict[str, Any]:
         from framesift.loop.trainset import export
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         out = export(hook.s3, hook.db, hook.config, hook.labeling_backend(), run_id=context["run_id"])
         self.log.info("export: %s", out)
         return out
 
 
-class _ExportOperator(_LoopOperator):
+class ExportResultOperator(ConfigOperator):
     """Base of the stages that take ``export_trainset``'s result (``{"version", "uri"}``)."""
 
     template_fields = ("export",)
@@ -71,7 +36,7 @@ class _ExportOperator(_LoopOperator):
         self.export = export
 
 
-class ReviewLabelsOperator(_ExportOperator):
+class ReviewLabelsOperator(ExportResultOperator):
     """Model-label disagreements of the new labels (-> `review_queue`), annotator quality,
     and a ClearML task with the counts."""
 
@@ -81,7 +46,7 @@ class ReviewLabelsOperator(_ExportOperator):
         from framesift.loop.review import review_labels, run_spec
         from framesift.tracking.clearml import record_run
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         version = (self.export or {}).get("version")
         if not version:
             raise AirflowSkipException("no new training-set version: nothing to review")
@@ -92,7 +57,7 @@ class ReviewLabelsOperator(_ExportOperator):
         return summary
 
 
-class PublishLabelsOperator(_ExportOperator):
+class PublishLabelsOperator(ExportResultOperator):
     """Emits the `framesift/labels` asset (its outlet) when a new training-set version was
     written; skipped otherwise, so no retrain run is scheduled for nothing."""
 
@@ -118,14 +83,14 @@ class RetrainGateOperator(ShortCircuitOperator):
     def _decide(self, **context) -> bool:
         from framesift.loop.gate import CONTINUE, format_decision, gate
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         decision = gate(hook.s3, hook.db, hook.config, run_id=context["run_id"])
         self.log.info("%s", format_decision(decision))
         context["ti"].xcom_push(key="decision", value={"id": decision["_id"], "outcome": decision["outcome"]})
         return decision["outcome"] == CONTINUE
 
 
-class TrainOperator(_LoopOperator):
+class TrainOperator(ConfigOperator):
     """Train on the latest training-set version; a failure is recorded and the champion stays."""
 
     ui_color = "#e8fde9"
@@ -133,12 +98,14 @@ class TrainOperator(_LoopOperator):
     def execute(self, context) -> dict[str, Any]:
         from framesift.loop.training import train_model
 
-        hook = _hook(self.config_path)
-        doc = train_model(hook.s3, hook.db, hook.config, run_id=context["run_id"], work_dir=_work_dir())
+        hook = framesift_hook(self.config_path)
+        doc = train_model(
+            hook.s3, hook.db, hook.config, run_id=context["run_id"], work_dir=work_dir("training")
+        )
         return {"model_id": doc["_id"], "uri": doc["uri"], "trainset_version": doc["trainset_version"]}
 
 
-class _ModelOperator(_LoopOperator):
+class ModelOperator(ConfigOperator):
     """Base of the stages that take the trained model (``{"model_id", ...}``) from XCom."""
 
     template_fields = ("model",)
@@ -148,7 +115,7 @@ class _ModelOperator(_LoopOperator):
         self.model = model
 
 
-class EvaluateOperator(_ModelOperator):
+class EvaluateOperator(ModelOperator):
     """The new model on the fixed test set (and its training frames)."""
 
     ui_color = "#e8fde9"
@@ -156,13 +123,15 @@ class EvaluateOperator(_ModelOperator):
     def execute(self, context) -> dict[str, Any]:
         from framesift.loop.training import evaluate_model
 
-        hook = _hook(self.config_path)
-        out = evaluate_model(hook.s3, hook.db, hook.config, self.model["model_id"], work_dir=_work_dir())
+        hook = framesift_hook(self.config_path)
+        out = evaluate_model(
+            hook.s3, hook.db, hook.config, self.model["model_id"], work_dir=work_dir("training")
+        )
         self.log.info("test metrics (%s): %s", out["test_set_version"], out["metrics"])
         return {"model_id": self.model["model_id"], **out}
 
 
-class PromoteOperator(_ModelOperator):
+class PromoteOperator(ModelOperator):
     """Champion only if better by the margin; then the criteria again on the new numbers."""
 
     ui_color = "#e8fde9"
@@ -171,13 +140,13 @@ class PromoteOperator(_ModelOperator):
         from framesift.loop.gate import format_decision, gate
         from framesift.loop.training import promote
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         result = promote(
             hook.s3,
             hook.db,
             hook.config,
             self.model["model_id"],
-            work_dir=_work_dir(),
+            work_dir=work_dir("training"),
             run_id=context["run_id"],
         )
         self.log.info("promotion: %s", result["reason"])
@@ -186,13 +155,13 @@ class PromoteOperator(_ModelOperator):
         return {**result, "decision_after": after["outcome"], "decision_id": after["_id"]}
 
 
-class RecordTrainingRunOperator(_LoopOperator):
+class RecordTrainingRunOperator(ConfigOperator):
     """One ClearML training task per retrain run, whatever happened to the training."""
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.loop.training import run_spec
         from framesift.tracking.clearml import record_run
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         tracked = record_run(run_spec(hook.db, hook.config, context["run_id"]))
         return {"task_id": tracked.task_id, "url": tracked.url}

@@ -1,4 +1,6 @@
-"""Operators of the drift DAG: thin wrappers over framesift.drift, .alerts, .drift_response."""
+"""Operators of the drift monitor: signals, the run record, incidents, alert delivery, and
+drifted frames to labeling.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from framesift_airflow.links import ClearMLRunLink
-
-
-def _hook(config_path):
-    from framesift_airflow.hooks import FramesiftHook
-
-    return FramesiftHook(config_path)
+from framesift_airflow.operators.base import framesift_hook
 
 
 def _report_uri(cfg, run_id: str) -> str:
@@ -46,7 +43,7 @@ class DriftSignalsOperator(BaseOperator):
         from framesift.drift.monitor import compute, format_report
         from framesift.io.s3 import parse_s3_uri, put_json
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         report = compute(hook.s3, hook.db, hook.config)
         report["run_id"] = context["run_id"]
         uri = _report_uri(hook.config, context["run_id"])
@@ -55,7 +52,7 @@ class DriftSignalsOperator(BaseOperator):
         return {"report_uri": uri, "levels": {w["source"]: w["level"] for w in report["windows"]}}
 
 
-class _ReportOperator(BaseOperator):
+class DriftReportOperator(BaseOperator):
     template_fields: Sequence[str] = ("signals",)
 
     def __init__(self, *, signals: Any, config_path: str | None = None, **kwargs) -> None:
@@ -64,7 +61,7 @@ class _ReportOperator(BaseOperator):
         self.config_path = config_path
 
 
-class DriftRunRecordOperator(_ReportOperator):
+class DriftRunRecordOperator(DriftReportOperator):
     """A ClearML task with the drift plots (link: *ClearML run*) and a ``runs`` record."""
 
     operator_extra_links = (ClearMLRunLink(),)
@@ -74,7 +71,7 @@ class DriftRunRecordOperator(_ReportOperator):
         from framesift.tracking import runs
         from framesift.tracking.clearml import record_run
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         report = _read_report(hook, self.signals["report_uri"])
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         try:
@@ -94,13 +91,13 @@ class DriftRunRecordOperator(_ReportOperator):
         return {**self.signals, "clearml_url": tracked.url if tracked else None}
 
 
-class UpdateIncidentsOperator(_ReportOperator):
+class UpdateIncidentsOperator(DriftReportOperator):
     """Open, update, escalate or resolve incidents (Mongo ``alerts``); queue their alerts."""
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.drift.incidents import update_incidents
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         report = _read_report(hook, self.signals["report_uri"])
         changes = update_incidents(
             hook.db,
@@ -132,7 +129,7 @@ class DeliverAlertsOperator(BaseOperator):
         from framesift.io.s3 import http_url
         from framesift_airflow.notifiers import notifier_for
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
 
         def render(incident, item):
             return render_message(
@@ -157,14 +154,14 @@ class DeliverAlertsOperator(BaseOperator):
         return {"sent": result["sent"]}
 
 
-class DriftLabelingOperator(_ReportOperator):
+class DriftLabelingOperator(DriftReportOperator):
     """The most drifted frames of each alarming window to the labeling platform, as
     sequences tagged ``drift`` (exactly once per window)."""
 
     def execute(self, context) -> list[dict[str, Any]]:
         from framesift.drift.response import respond
 
-        hook = _hook(self.config_path)
+        hook = framesift_hook(self.config_path)
         if not hook.config.drift.labeling.enabled:
             self.log.info("drift.labeling.enabled is false: nothing queued")
             return []

@@ -1,0 +1,104 @@
+"""Operators of the selection stage: plan shards, select a shard, select (or merge) the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from framesift_airflow.links import SelectionReportLink
+from framesift_airflow.operators.base import BatchOperator, context_run_id, framesift_hook, video_refs
+
+
+class PlanSelectionOperator(BatchOperator):
+    """Split a batch too big for one worker (``selection.shard_max_frames``) into shards.
+
+    Returns one item per shard for the mapped ``select_shard``; none (the usual case)
+    when ``select_frames`` can select the whole batch in one pass.
+    """
+
+    ui_color = "#e8fdf6"
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from framesift.selection.batch import plan_selection
+        from framesift.selection.presets import selection_overrides
+
+        hook = framesift_hook(self.config_path)
+        return plan_selection(
+            hook.s3,
+            hook.db,
+            hook.config,
+            video_refs(self.videos),
+            run_id=context_run_id(context),
+            overrides=selection_overrides(dict(context["params"])),
+        )
+
+
+class SelectShardOperator(BaseOperator):
+    """Greedy selection on one shard of the plan; its winners go to S3 for the merge."""
+
+    template_fields: Sequence[str] = ("shard",)
+    ui_color = "#e8fdf6"
+
+    def __init__(self, *, shard: dict[str, Any], config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+        self.config_path = config_path
+
+    def execute(self, context) -> str:
+        from framesift.selection.batch import select_one_shard
+
+        hook = framesift_hook(self.config_path)
+        self.log.info(
+            "shard %s: %s frames of %s video(s)",
+            self.shard["shard"],
+            self.shard["frames"],
+            self.shard["videos"],
+        )
+        return select_one_shard(
+            hook.s3, hook.db, hook.config, selection_id=self.shard["selection_id"], shard=self.shard["shard"]
+        )
+
+
+class SelectFramesOperator(BatchOperator):
+    """One selection over the run's inferred videos (or the merge of its shards'
+    winners); returns one push item per video.
+
+    The run's params (the trigger form) may override the budget (``n_samples`` or
+    ``proportion_samples``) and pick a strategy ``preset``; ``dry_run`` stops here.
+    """
+
+    operator_extra_links = (SelectionReportLink(),)
+    ui_color = "#e8fdf6"
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from framesift.io.s3 import http_url
+        from framesift.labeling.push import push_items
+        from framesift.selection.batch import select_batch
+        from framesift.selection.presets import selection_overrides
+
+        hook = framesift_hook(self.config_path)
+        params = dict(context["params"])
+        record = select_batch(
+            hook.s3,
+            hook.db,
+            hook.config,
+            video_refs(self.videos),
+            run_id=context_run_id(context),
+            overrides=selection_overrides(params),
+        )
+        if record.get("report_uri"):
+            SelectionReportLink.persist(context, http_url(hook.s3, record["report_uri"]))
+        self.log.info(
+            "selected %d of %s frames from %d video(s)%s; report: %s",
+            len(record.get("selected", [])),
+            record.get("n_input", 0),
+            len(record.get("videos", [])),
+            f" (merged from {len(record['shards'])} shards)" if record.get("shards") else "",
+            record.get("report_uri"),
+        )
+        if params.get("dry_run"):
+            self.log.info("dry run: stopping before the push to the labeling platform")
+            return []
+        return push_items(hook.db, record)

@@ -1,0 +1,122 @@
+"""The labeling_queue outbox against Mongo (SecantusDB on loopback): the record comes
+before the platform call, a push happens once, crashes and other workers' claims."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from framesift.labeling import queue as lq
+from framesift.labeling.base import DONE, IN_PROGRESS, IN_QUEUE, BackendUnavailable, SequenceStatus
+from tests.fakes import Crash, FakeBackend, make_request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def qdb(db):
+    return db
+
+
+def test_push_writes_the_record_before_the_platform_call(qdb):
+    backend = FakeBackend()
+    seen = {}
+
+    def spy(request):
+        seen["record"] = qdb[lq.COLLECTION].find_one({"_id": request.idempotency_key})
+        return FakeBackend.push_sequence(backend, request)
+
+    backend.push_sequence = spy  # type: ignore[method-assign]
+    rec = lq.push_exactly_once(qdb, backend, make_request(), labeler="ann@x", reviewer="rev@x")
+    assert seen["record"]["state"] == lq.PENDING  # the outbox record existed first
+    assert rec["state"] == lq.PUSHED and rec["backend_ids"] == ["t1"]
+    for field in lq.RECORD_FIELDS:
+        assert rec.get(field) is not None, field
+    assert rec["Labeler"] == "ann@x" and rec["Labeling status"] == IN_QUEUE and rec["recovered"] is False
+    names = {ix["name"] for ix in qdb[lq.COLLECTION].list_indexes()}
+    assert {
+        "idempotency_key_unique",
+        "state_backend",
+        "backend_statuses",
+        "video_id",
+        "selection_id",
+    } <= names
+
+
+def test_pushing_twice_calls_the_platform_once(qdb):
+    backend = FakeBackend()
+    first = lq.push_exactly_once(qdb, backend, make_request())
+    again = lq.push_exactly_once(qdb, backend, make_request())
+    assert backend.pushes == 1 and backend.finds == 0
+    assert again["_id"] == first["_id"] and qdb[lq.COLLECTION].count_documents({}) == 1
+    # another video, or the same video in another selection, is another push
+    lq.push_exactly_once(qdb, backend, make_request(video_id="vid2"))
+    lq.push_exactly_once(qdb, backend, make_request(selection_id="sel2"))
+    assert backend.pushes == 3 and qdb[lq.COLLECTION].count_documents({}) == 3
+
+
+def test_crash_between_push_and_record_is_recovered_without_a_second_push(qdb):
+    backend = FakeBackend()
+
+    def die(_pushed):
+        raise Crash()
+
+    with pytest.raises(Crash):
+        lq.push_exactly_once(qdb, backend, make_request(), owner="task-a", after_push=die)
+    rec = qdb[lq.COLLECTION].find_one({})
+    assert rec["state"] == lq.PENDING and backend.pushes == 1
+    # the retry (same task, so it may take its own claim over at once)
+    done = lq.push_exactly_once(qdb, backend, make_request(), owner="task-a")
+    assert backend.pushes == 1 and backend.finds == 1  # found on the platform, not pushed again
+    assert done["state"] == lq.PUSHED and done["recovered"] is True and done["backend_ids"] == ["t1"]
+    assert done["attempts"] == 2
+
+
+def test_crash_before_the_push_pushes_on_retry(qdb):
+    backend = FakeBackend()
+    backend.fail_push = BackendUnavailable("down")
+    with pytest.raises(BackendUnavailable):
+        lq.push_exactly_once(qdb, backend, make_request(), owner="task-a")
+    rec = qdb[lq.COLLECTION].find_one({})
+    assert rec["state"] == lq.PENDING and "down" in rec["last_error"] and rec["claimed_by"] is None
+    backend.fail_push = None
+    done = lq.push_exactly_once(qdb, backend, make_request(), owner="task-b")  # claim was released
+    assert done["state"] == lq.PUSHED and backend.pushes == 1 and done["recovered"] is False
+
+
+def test_a_live_claim_of_another_worker_blocks_until_its_lease_ends(qdb):
+    backend = FakeBackend()
+    with pytest.raises(Crash):
+        lq.push_exactly_once(
+            qdb,
+            backend,
+            make_request(),
+            owner="worker-1",
+            after_push=lambda p: (_ for _ in ()).throw(Crash()),
+        )
+    with pytest.raises(lq.PushInProgress) as err:
+        lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
+    assert err.value.retryable and "worker-1" in str(err.value) and err.value.retry_after > 0
+    # the lease runs out (pretend: move it into the past)
+    qdb[lq.COLLECTION].update_one({}, {"$set": {"claimed_until": lq._now() - timedelta(seconds=1)}})
+    done = lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
+    assert done["state"] == lq.PUSHED and done["recovered"] is True and backend.pushes == 1
+
+
+def test_sync_status_updates_statuses_and_history(qdb):
+    backend = FakeBackend()
+    rec = lq.push_exactly_once(qdb, backend, make_request())
+    lq.push_exactly_once(qdb, backend, make_request(video_id="gone"))
+    backend.status["t1"] = SequenceStatus(IN_PROGRESS, IN_QUEUE)
+    counts = lq.sync_status(qdb, backend)
+    assert counts == {"checked": 2, "changed": 1, "done": 0, "missing": 1}
+    backend.status["t1"] = SequenceStatus(DONE, DONE)
+    assert lq.sync_status(qdb, backend)["done"] == 1
+    after = qdb[lq.COLLECTION].find_one({"_id": rec["_id"]})
+    assert after["Labeling status"] == DONE and after["Reviewing status"] == DONE
+    assert [h.get("Labeling status") for h in after["status_history"]] == [IN_PROGRESS, DONE]
+    gone = qdb[lq.COLLECTION].find_one({"video_id": "gone"})
+    assert "no t2" in gone["sync_error"]
+    # a done record is not polled again
+    assert lq.sync_status(qdb, backend)["checked"] == 1
