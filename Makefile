@@ -32,16 +32,17 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 STAMP := $(VENV)/.installed
 AIRFLOW_DB := $(AIRFLOW_HOME)/airflow.db
 
-.PHONY: help venv airflow-db labelstudio services test test-quick demo demo-loop up down env lint bench clean
+.PHONY: help venv airflow-db labelstudio services test test-quick demo demo-loop up down env lint bench docs clean
 
 help:
 	@echo "make demo        run framesift_ingest on the embedded local stack"
 	@echo "make demo-loop   the closed loop (label, gate, retrain) on generated videos vs baselines"
-	@echo "make test        run all tests (unit, integration, DAG runs)"
-	@echo "make test-quick  skip the slow integration tests"
+	@echo "make test        run all tests (unit, integration, DAG runs, REST end-to-end, scale-out, deploy)"
+	@echo "make test-quick  skip the tests marked slow (those that start servers or run DAGs)"
 	@echo "make up / down   start / stop the embedded stack in the background"
 	@echo "make env         print the exports that point a shell at the running stack"
-	@echo "make bench       run the benchmarks in bench/ (results in bench/results/)"
+	@echo "make bench       run the benchmarks in bench/ (results in bench/results/), then rewrite the tables"
+	@echo "make docs        rewrite the benchmark tables in README.md and docs/ from bench/results/*.json"
 	@echo "make lint        ruff"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -102,6 +103,10 @@ lint: $(STAMP)
 bench: $(AIRFLOW_DB)
 	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) bench/run_all.py
+
+# the generated tables only (standard library; no venv needed): README.md, docs/*.md
+docs:
+	$(PYTHON) bench/tables.py
 
 clean:
 	rm -rf var

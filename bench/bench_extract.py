@@ -1,7 +1,7 @@
 """Benchmark: frame extraction at 1 fps to PNG, framesift vs the ffmpeg command line.
 
 A synthetic 720p30 H.264 clip of 60 s (cached under var/bench/) is turned into one PNG a
-second by (a) ``framesift.video.extract_frames`` writing into a directory and (b)
+second by (a) ``framesift.ingest.extract.extract_frames`` writing into a directory and (b)
 ``ffmpeg -i in.mp4 -vf fps=1 out_%05d.png``. Each runs 3 times, alternating; the medians
 and their ratio go to bench/results/extract.json (ratio = ffmpeg / framesift, so >= 1
 means framesift is faster). Decode-only times of both, and ffmpeg with PNG settings like

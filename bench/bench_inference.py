@@ -414,7 +414,7 @@ def main() -> None:
         "name": "inference",
         "what": "frames/s of predictions (+ embeddings for ours) for one video's frames read from S3",
         "peer": "naive loop: per frame S3 get -> cv2.imdecode -> ultralytics model.predict(frame) -> put JSON (the book's way)",
-        "ours": "framesift.inference.run_inference: bounded prefetch (reader threads), batched forward passes "
+        "ours": "framesift.inference.streaming.run_inference: bounded prefetch (reader threads), batched forward passes "
         "(boxes + embeddings in one pass, channels-last, 4 images per pass on CPU), pooled JSON writes",
         "machine": machine(),
         "setup": {

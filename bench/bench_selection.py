@@ -290,7 +290,7 @@ def main() -> None:
     one_m = next((r for r in runs if r.get("frames") == 1_000_000 and "select_s" in r), None)
     out = {
         "name": "selection",
-        "what": "framesift.selection.select: DIVERSITY x WEIGHTS(uncertainty_entropy) x BALANCE(UNIFORM, 10 classes), "
+        "what": "framesift.selection.engine.select: DIVERSITY x WEIGHTS(uncertainty_entropy) x BALANCE(UNIFORM, 10 classes), "
         f"{PICKS} picks, {DIM}-d float32 embeddings",
         "peer": None,
         "peer_note": "the side-by-side with apricot-select is bench_selection_peer.py (selection_peer.json)",

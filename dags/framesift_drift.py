@@ -49,7 +49,7 @@ once per incident, and sends the frames that show the change to labeling.
 **When it fails**: a failed *deliver_alerts* names the channel and the error (connection
 missing, webhook down); the alert waits in Mongo `alert_outbox` and the next run sends it.
 *compute_signals* failing on S3/Mongo retries. `framesift drift report` shows the current
-signals and open incidents. On-call: README, "On-call: drift alerts".
+signals and open incidents. On-call: docs/operations.md, "On-call: drift alerts".
 """
 
 with DAG(

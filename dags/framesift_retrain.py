@@ -38,7 +38,7 @@ Scheduled on the asset `framesift/labels` (a new training-set version), or trigg
 lost mid-run); a real training error (bad data, out of memory) needs a look at the log,
 then *Clear* the task. A failed *evaluate* names the test set: a missing or changed
 `evaluation.test_set` is refused rather than compared across versions. *decide* skipping
-the rest is not a failure: the `decisions` document says why (`framesift` README, "How to
+the rest is not a failure: the `decisions` document says why (docs/concepts.md, "How to
 read a decision").
 """
 

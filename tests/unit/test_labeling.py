@@ -1,6 +1,6 @@
-"""Labeling backends and the labeling queue, without a labeling platform.
+"""Labeling backends without a labeling platform (the labeling queue against Mongo is in
+tests/integration/test_labeling_queue.py).
 
-- the outbox (``labeling_queue.push_exactly_once``) with a fake backend, on SecantusDB;
 - coordinates px <-> Label Studio percent, chunking, time order, status mapping;
 - Label Studio's HTTP error handling against a stub HTTP server on loopback (401 fails
   fast, 429 waits Retry-After, 5xx / refused -> BackendUnavailable);

@@ -55,7 +55,7 @@ RUNBOOK = (
     "(sequences tagged `drift`); get them labeled, retraining picks them up.\n"
     "4. Broken camera or pipeline (all dark, frozen, blurred): fix the source; the incident "
     "resolves itself after a few normal windows.\n"
-    "5. Ack it (`framesift drift ack <id>`) so others know someone is on it. See README: On-call: drift alerts."
+    "5. Ack it (`framesift drift ack <id>`) so others know someone is on it. See docs/operations.md, section On-call: drift alerts."
 )
 
 

@@ -5,7 +5,7 @@ frames by diversity (embeddings) x drift score (distance beyond the reference's 
 threshold plus uncertainty; see ``evaluate``), datapool-aware, so frames selected
 before are never sent again. The pick is recorded in ``selections`` (``kind: drift``, with
 a datapool file, so later selections know these frames too) and each video's frames are
-pushed through the same exactly-once path as ingest (``labeling_queue.push_exactly_once``)
+pushed through the same exactly-once path as ingest (``labeling.queue.push_exactly_once``)
 as a sequence titled ``drift-...`` whose queue record carries ``tags: ["drift"]``, which
 is how the labels/retraining loop tells drift data apart.
 
@@ -204,7 +204,7 @@ def respond(
                 "selection_id": selection["_id"],
                 "frames": len(selection["selected"]),
                 "queue_ids": [r["_id"] for r in records],
-                "incidents": incidents,
+                "incidents": incident_ids,
             }
         )
     return out

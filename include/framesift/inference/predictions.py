@@ -4,7 +4,7 @@ The Lightly "datasource root" of a video is its frames folder
 (``layout.frames_prefix(cfg, vid)``), so a Lightly Worker pointed at it finds the frames
 and, beside them, the predictions::
 
-    <root>/<stem>-<idx>-<ext>.png                                  frames (video.py)
+    <root>/<stem>-<idx>-<ext>.png                                  frames (ingest/extract.py)
     <root>/.lightly/predictions/tasks.json                         ["object-detection", ...]
     <root>/.lightly/predictions/<task>/schema.json                 {"task_type", "categories"}
     <root>/.lightly/predictions/<task>/<stem>-<idx>-<ext>.json     one file per frame

@@ -16,6 +16,8 @@ from framesift.ingest.registry import EXTRACTED, INFERRED, INFERRING, VideoRef, 
 from framesift.io.model_registry import serving_config
 from framesift.io.s3 import get_json, parse_s3_uri
 
+log = logging.getLogger("framesift.ingest")
+
 
 def infer_one(
     s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, detector=None
@@ -28,7 +30,6 @@ def infer_one(
     """
 
     def work():
-
         current = registry.get(db, ref.video_id) or {}
         bucket, key = parse_s3_uri(current["manifest_uri"])
         manifest = get_json(s3, bucket, key)
@@ -54,6 +55,3 @@ def infer_one(
 
     doc, did = run_stage(db, ref, run_id, working=INFERRING, from_statuses=[EXTRACTED], work=work)
     return stage_outcome(ref, doc, skipped=not did)
-
-
-log = logging.getLogger("framesift.ingest")

@@ -1,0 +1,3 @@
+"""What every stage reads and writes through: S3 (``s3``), the bucket layout (``layout``),
+the model registry's Mongo records (``model_registry``) and the stage context
+(``context``: clients, config and run id in one value)."""

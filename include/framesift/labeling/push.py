@@ -1,7 +1,7 @@
 """The push stage of an ingest run: one video's selected frames to the labeling platform.
 
 Builds the image-sequence request (frames in time order, the model's boxes as
-pre-annotations) and hands it to ``labeling_queue.push_exactly_once``, which keeps the
+pre-annotations) and hands it to ``queue.push_exactly_once``, which keeps the
 Mongo ``labeling_queue`` record and never creates a platform task twice.
 """
 

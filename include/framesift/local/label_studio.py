@@ -20,7 +20,7 @@ The user, password and token of a data dir are made once and kept in
 ``<data dir>/framesift-credentials.json`` (mode 0600): Label Studio only creates the user on
 the first start of a data dir, so a later start must reuse the same token.
 
-Frames reach Label Studio as uploaded files (see ``labeling/label_studio.py``), so no
+Frames reach Label Studio as uploaded files (see ``framesift.labeling.label_studio.backend``), so no
 local-files serving or S3 connection setting is needed here.
 """
 

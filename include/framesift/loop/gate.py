@@ -15,7 +15,8 @@ compared; they are listed as excluded) and returns a decision:
 Each criterion is ``{name, value, threshold, verdict, effect, detail}``; verdict is
 ``triggered`` (it decides the outcome, ``effect`` says how), ``ok`` or ``n/a`` (not enough
 history, or switched off). :func:`gate` gathers the inputs from Mongo and S3 and writes the
-``decisions`` document; :func:`record_evaluation` appends to the ``evaluations`` history.
+``decisions`` document. The ``evaluations`` history it reads is kept by
+:mod:`framesift.io.model_registry`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Retraining, evaluation on the fixed test set, the model registry and promotion.
+"""Retraining, evaluation on the fixed test set, and promotion in the model registry
+(its records: :mod:`framesift.io.model_registry`).
 
 - :func:`train_model`: ultralytics training on a training-set version (downloaded from S3),
   starting from ``training.base_model`` (the champion by default). The checkpoint goes to
@@ -12,11 +13,9 @@
 - :func:`promote`: the challenger becomes champion only when it beats the champion by
   ``training.promotion_margin`` on ``evaluation.metric``, both measured on the same
   test-set version (the champion is re-evaluated when its numbers are on another version).
-- :func:`serving_config`: the config inference should use: the champion's checkpoint
-  when there is one (``training.serve_champion``).
 
 ultralytics is imported inside the functions (with its hub sync, ClearML and MLflow
-callbacks off: see ``inference.ultralytics_yolo``).
+callbacks off: see :func:`framesift.inference.models.ultralytics_yolo`).
 """
 
 from __future__ import annotations

@@ -8,11 +8,10 @@ The engine keeps Lightly Worker's config shape (``n_samples`` / ``proportion_sam
 - ``scores``: Lightly's active-learning scores from predictions
 - objectives, one module each: ``diversity``, ``weights``, ``threshold``, ``balance``,
   ``similarity``, ``typicality``, ``random_values``
-- ``engine``: thresholds first, then the greedy pick over the product of the objectives
+- ``engine``: thresholds first, then the greedy pick over the product of the objectives;
+  ``sequences``: runs of neighbouring frames around each pick
 - ``shards``: distributed greedy (per-shard winners, merged by a second pass)
 - ``metrics``: coverage of a selection
 - ``datapool``: frames selected by earlier runs; ``batch``: the ingest run's selection
   stage; ``report``: the HTML report; ``presets``: named recipes for the trigger form
 """
-
-from __future__ import annotations

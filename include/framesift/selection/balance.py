@@ -19,6 +19,10 @@ from framesift.selection.spec import Distribution, InputType, StrategyEntry, che
 
 @dataclass
 class BalanceState:
+    """One BALANCE strategy while picking: the class vectors of every frame (``vt``), the
+    target, and the running totals of the selected frames (``c``, ``s``), so the gains of
+    all frames cost a few vector operations per pick."""
+
     index: int
     label: str
     strength: float

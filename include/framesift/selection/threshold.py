@@ -8,6 +8,7 @@ from framesift.selection.spec import ThresholdOperation
 
 
 def threshold_mask(values: np.ndarray, op: ThresholdOperation, threshold: float) -> np.ndarray:
+    """True where a frame passes (a NaN or infinite value never does)."""
     with np.errstate(invalid="ignore"):
         if op is ThresholdOperation.SMALLER:
             ok = values < threshold

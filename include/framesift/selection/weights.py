@@ -33,6 +33,9 @@ def minmax_scale(values: np.ndarray, alive: np.ndarray) -> np.ndarray:
 
 @dataclass
 class StaticObjective:
+    """An objective fixed before the loop (WEIGHTS, SIMILARITY, TYPICALITY): its raw values
+    and their scaled form, per frame."""
+
     index: int
     label: str
     raw: np.ndarray  # float64 (N,)

@@ -1,5 +1,5 @@
 """What the stage operators share: the run id, a scratch folder, the hook, and the bases
-for per-video (mapped) and per-batch operators.
+for config-only, per-video (mapped) and per-batch operators.
 """
 
 from __future__ import annotations
@@ -15,15 +15,45 @@ def context_run_id(context) -> str:
     return context["run_id"]
 
 
-class PerVideoOperator(BaseOperator):
+def framesift_hook(config_path):
+    from framesift_airflow.hooks import FramesiftHook
+
+    return FramesiftHook(config_path)
+
+
+def work_dir(*parts: str) -> str:
+    """A scratch folder under the project's ``var/work`` (created)."""
+    from framesift.local.stack import var_dir
+
+    path = var_dir().joinpath("work", *parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def video_refs(videos: Any) -> list:
+    from framesift.ingest.registry import VideoRef
+
+    return [
+        VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")}) for v in videos or []
+    ]
+
+
+class ConfigOperator(BaseOperator):
+    """Base of the operators: the pipeline config's path (default: ``FRAMESIFT_CONFIG``)."""
+
+    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+
+
+class PerVideoOperator(ConfigOperator):
     """Base of the mapped per-video stages: one ``video`` ref (a dict) in, an outcome out."""
 
     template_fields: Sequence[str] = ("video",)
 
-    def __init__(self, *, video: dict[str, Any], config_path: str | None = None, **kwargs) -> None:
+    def __init__(self, *, video: dict[str, Any], **kwargs) -> None:
         super().__init__(**kwargs)
         self.video = video
-        self.config_path = config_path
 
     def _ref(self):
         """The video ref, from a registration entry or an upstream stage's outcome."""
@@ -42,43 +72,11 @@ class PerVideoOperator(BaseOperator):
         return outcome
 
 
-def video_refs(videos: Any) -> list:
-    from framesift.ingest.registry import VideoRef
-
-    return [
-        VideoRef(**{k: v[k] for k in ("video_id", "bucket", "key", "etag", "size")}) for v in videos or []
-    ]
-
-
-class BatchOperator(BaseOperator):
+class BatchOperator(ConfigOperator):
     """Base of the once-per-run stages: the list of the run's ``videos`` (dicts) in."""
 
     template_fields: Sequence[str] = ("videos",)
 
-    def __init__(self, *, videos: Any, config_path: str | None = None, **kwargs) -> None:
+    def __init__(self, *, videos: Any, **kwargs) -> None:
         super().__init__(**kwargs)
         self.videos = videos
-        self.config_path = config_path
-
-
-def framesift_hook(config_path):
-    from framesift_airflow.hooks import FramesiftHook
-
-    return FramesiftHook(config_path)
-
-
-def work_dir(*parts: str) -> str:
-    """A scratch folder under the project's ``var/work`` (created)."""
-    from framesift.local.stack import var_dir
-
-    path = var_dir().joinpath("work", *parts)
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-class ConfigOperator(BaseOperator):
-    """Base of the operators whose only argument is the pipeline config's path."""
-
-    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path

@@ -8,10 +8,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
 from framesift_airflow.links import ClearMLRunLink
-from framesift_airflow.operators.base import framesift_hook
+from framesift_airflow.operators.base import ConfigOperator, framesift_hook
 
 
 def _report_uri(cfg, run_id: str) -> str:
@@ -29,15 +27,11 @@ def _read_report(hook, uri: str) -> dict[str, Any]:
     return get_json(hook.s3, *parse_s3_uri(uri))
 
 
-class DriftSignalsOperator(BaseOperator):
+class DriftSignalsOperator(ConfigOperator):
     """Compute every drift signal of the recent window(s) against the reference; write the
     report to S3 and return its URI with the level of each source."""
 
     ui_color = "#fdf8e8"
-
-    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.drift.monitor import compute, format_report
@@ -52,13 +46,14 @@ class DriftSignalsOperator(BaseOperator):
         return {"report_uri": uri, "levels": {w["source"]: w["level"] for w in report["windows"]}}
 
 
-class DriftReportOperator(BaseOperator):
+class DriftReportOperator(ConfigOperator):
+    """Base of the stages that take the signals task's result (``{"report_uri", "levels"}``)."""
+
     template_fields: Sequence[str] = ("signals",)
 
-    def __init__(self, *, signals: Any, config_path: str | None = None, **kwargs) -> None:
+    def __init__(self, *, signals: Any, **kwargs) -> None:
         super().__init__(**kwargs)
         self.signals = signals
-        self.config_path = config_path
 
 
 class DriftRunRecordOperator(DriftReportOperator):
@@ -113,16 +108,12 @@ class UpdateIncidentsOperator(DriftReportOperator):
         return changes
 
 
-class DeliverAlertsOperator(BaseOperator):
+class DeliverAlertsOperator(ConfigOperator):
     """Send every pending alert of the outbox (this run's and earlier undelivered ones)
     through the configured notifiers. Fails when one could not be sent; it stays in the
     outbox and the next run sends it."""
 
     ui_color = "#fde8e8"
-
-    def __init__(self, *, config_path: str | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.drift.incidents import deliver, render_message

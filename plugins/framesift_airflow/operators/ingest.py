@@ -8,11 +8,10 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
 from framesift_airflow.links import ClearMLRunLink
 from framesift_airflow.operators.base import (
     BatchOperator,
+    ConfigOperator,
     PerVideoOperator,
     context_run_id,
     framesift_hook,
@@ -32,7 +31,7 @@ def trigger_payloads(context) -> list[dict[str, Any]]:
     return payloads
 
 
-class RegisterUploadsOperator(BaseOperator):
+class RegisterUploadsOperator(ConfigOperator):
     """Register new uploads in the Mongo ``videos`` registry; return the videos to extract.
 
     Objects come from the asset events that triggered the run (SQS or prefix watcher);
@@ -42,10 +41,9 @@ class RegisterUploadsOperator(BaseOperator):
     template_fields: Sequence[str] = ("prefix",)
     ui_color = "#e8f4fd"
 
-    def __init__(self, *, prefix: str | None = None, config_path: str | None = None, **kwargs) -> None:
+    def __init__(self, *, prefix: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.prefix = prefix
-        self.config_path = config_path
 
     def execute(self, context) -> list[dict[str, Any]]:
         from framesift.ingest.stage import register_uploads

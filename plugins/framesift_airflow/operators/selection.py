@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
-
 from framesift_airflow.links import SelectionReportLink
-from framesift_airflow.operators.base import BatchOperator, context_run_id, framesift_hook, video_refs
+from framesift_airflow.operators.base import (
+    BatchOperator,
+    ConfigOperator,
+    context_run_id,
+    framesift_hook,
+    video_refs,
+)
 
 
 class PlanSelectionOperator(BatchOperator):
@@ -35,16 +39,15 @@ class PlanSelectionOperator(BatchOperator):
         )
 
 
-class SelectShardOperator(BaseOperator):
+class SelectShardOperator(ConfigOperator):
     """Greedy selection on one shard of the plan; its winners go to S3 for the merge."""
 
     template_fields: Sequence[str] = ("shard",)
     ui_color = "#e8fdf6"
 
-    def __init__(self, *, shard: dict[str, Any], config_path: str | None = None, **kwargs) -> None:
+    def __init__(self, *, shard: dict[str, Any], **kwargs) -> None:
         super().__init__(**kwargs)
         self.shard = shard
-        self.config_path = config_path
 
     def execute(self, context) -> str:
         from framesift.selection.batch import select_one_shard
