@@ -559,7 +559,7 @@ def test_product_of_objectives_with_strength():
     # frame 0 (60 deg) is nearer but has a high weight.
     x = angles(60, 180)
     inp = SelectionInputs(names(2), x, metadata={"w": [1.0, 0.2], "base": [0.0, 0.0]})
-    # weights min-max -> [1, 0]: with weights at all, frame 1 scores 0
+    # weights min-max -> [1, 0], soft factors [1, 0.25]: 1.0 x 1 beats 2.0 x 0.25
     r = select(inp, spec([DIV, weights("w")], n_samples=1), datapool_embeddings=angles(0))
     assert r.selected[0] == 0
     # without the weights, diversity alone takes the far frame
@@ -571,15 +571,16 @@ def test_product_of_objectives_with_strength():
 
 
 def test_product_trades_objectives_off():
-    # three frames: distance from the datapool d and weight w (min-max over w):
-    # A: d=2.0 (180 deg), w=0.5 -> 0.5/1 normalised... see the numbers below
+    # three frames: distance d from the datapool and weight w; the weights' factor is
+    # floor + (1 - floor) * minmax(w) with the default floor 0.25
     x = angles(180, 90, 20)  # distances to 0 deg: 2.0, 1.414, 0.347
-    w = [0.0, 1.0, 2.0]  # normalised [0, 0.5, 1]
+    w = [0.0, 1.0, 2.0]  # normalised [0, 0.5, 1] -> factors [0.25, 0.625, 1]
     inp = SelectionInputs(names(3), x, metadata={"w": w})
     r = select(inp, spec([DIV, weights("w")], n_samples=1), datapool_embeddings=angles(0))
-    assert r.selected[0] == 1  # 1.414 * 0.5 = 0.71 beats 0.347 * 1 and 2.0 * 0
+    assert r.selected[0] == 1  # 1.414 * 0.625 = 0.88 beats 2.0 * 0.25 = 0.5 and 0.347 * 1
+    # a weak weight barely matters: 2.0 * 0.25 ** 0.25 = 1.41 beats 1.414 * 0.625 ** 0.25 = 1.26
     r = select(inp, spec([DIV, weights("w", strength=0.25)], n_samples=1), datapool_embeddings=angles(0))
-    assert r.selected[0] == 1
+    assert r.selected[0] == 0
     r = select(
         inp,
         spec([{**DIV, "strategy": {"type": "DIVERSITY", "strength": 0.1}}, weights("w")], n_samples=1),
@@ -641,9 +642,10 @@ def test_lazy_greedy_picks_what_the_eager_greedy_picks(seed):
     np.testing.assert_allclose(lazy.raw_values, eager.raw_values, rtol=1e-5, atol=1e-6)
 
 
-def _brute_force(x, w, k, datapool):
-    """Plain diversity x weights: recompute every distance after every pick."""
-    wn = (w - w.min()) / (w.max() - w.min())
+def _brute_force(x, w, k, datapool, floor=0.25):
+    """Plain diversity x weights, written apart from the engine: every distance recomputed
+    after every pick, the weight's factor floor + (1 - floor) * (w - min) / (max - min)."""
+    wn = floor + (1 - floor) * (w - w.min()) / (w.max() - w.min())
     d = np.full(len(x), 2.0)
     if datapool is not None:
         d = np.sqrt(np.maximum(2 - 2 * (x @ datapool.T).max(axis=1), 0))

@@ -108,6 +108,8 @@ class InferenceConfig(_Section):
 
 
 DEFAULT_PROPORTION = 0.1  # the budget when the config gives none: 10 % of the input frames
+DEFAULT_OBJECTIVE_FLOOR = 0.25  # a soft objective's factor never drops below this
+DEFAULT_COLD_START_LABELS = 500  # datapool size below which the default recipe is cold-start
 
 
 class SelectionConfig(_Section):
@@ -117,6 +119,12 @@ class SelectionConfig(_Section):
     balance: bool | dict[str, float] | None = None
     balance_strategy: Literal["TARGET", "UNIFORM", "INPUT"] | None = None
     random_seed: int = 0
+    # every soft objective (WEIGHTS, BALANCE, TYPICALITY, SIMILARITY) scales its frames to
+    # [objective_floor, 1] before the product, so it lowers a frame's value but never vetoes it
+    objective_floor: float = Field(DEFAULT_OBJECTIVE_FLOOR, ge=0, le=1)
+    # the default recipe (no strategies given) is diversity x typicality while the datapool has
+    # fewer frames than this, shifts to diversity x uncertainty up to twice it; 0: never
+    cold_start_labels: int = Field(DEFAULT_COLD_START_LABELS, ge=0)
     # batches with more input frames are selected in shards (mapped tasks of at most this
     # many frames, whole videos each) whose winners a second greedy pass merges
     shard_max_frames: int = Field(500_000, ge=1)

@@ -52,21 +52,22 @@ class Batch:
     sid: str
     docs: list[dict[str, Any]]
     settings: SelectionConfig
-    spec: SelectionSpec
+
+    def spec(self, cfg: PipelineConfig, labeled: int) -> SelectionSpec:
+        """The spec, with the default recipe's regime for ``labeled`` datapool frames."""
+        return parse_selection(self.settings, cfg.important_classes, labeled=labeled)
 
 
-def _settings(cfg: PipelineConfig, settings: SelectionConfig) -> tuple[SelectionConfig, SelectionSpec]:
-    return settings, parse_selection(settings, cfg.important_classes)
-
-
-def _run_settings(cfg: PipelineConfig, overrides: dict[str, Any] | None):
+def _run_settings(cfg: PipelineConfig, overrides: dict[str, Any] | None) -> SelectionConfig:
     """The config's selection settings with the run's overrides (a bad one fails here)."""
-    return _settings(cfg, cfg.selection.model_copy(update=overrides or {}))
+    settings = cfg.selection.model_copy(update=overrides or {})
+    parse_selection(settings, cfg.important_classes)
+    return settings
 
 
-def _plan_settings(cfg: PipelineConfig, plan: dict[str, Any]):
+def _plan_settings(plan: dict[str, Any]) -> SelectionConfig:
     """The selection settings a shard plan was made with (the run's overrides included)."""
-    return _settings(cfg, SelectionConfig.model_validate(plan["config"]))
+    return SelectionConfig.model_validate(plan["config"])
 
 
 def _videos(db: Database, video_ids: list[str]) -> list[dict[str, Any]]:
@@ -120,7 +121,7 @@ def plan_selection(
         return [_shard_item(sid, sh) for sh in existing["shards"]]
     if existing:
         return []
-    settings, _ = _run_settings(cfg, overrides)  # a bad config fails here, before any claim
+    settings = _run_settings(cfg, overrides)  # a bad config fails here, before any claim
     docs = list(
         db[registry.VIDEOS].find({"_id": {"$in": [r.video_id for r in refs]}}, {"inference.frames": 1})
     )
@@ -187,14 +188,14 @@ def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str
     if plan is None:
         raise LookupError(f"selection {selection_id} has no shard plan (was plan_selection run?)")
     entry = next(sh for sh in plan["shards"] if sh["shard"] == shard)
-    settings, spec = _plan_settings(cfg, plan)
+    settings = _plan_settings(plan)
     docs = _videos(db, entry["video_ids"])
     started = time.perf_counter()
     inputs = _read_inputs(s3, cfg, docs)
     pool_ids, pool_emb = read_datapool(s3, db, selection_id)
     result = select_shard(
         inputs,
-        spec,
+        Batch(selection_id, docs, settings).spec(cfg, len(pool_ids)),
         total_frames=plan["n_input"],
         oversample=settings.shard_oversample,
         shard_id=shard,
@@ -252,12 +253,12 @@ def select_batch(
     if existing:
         return _merge(ctx, existing)
 
-    settings, spec = _run_settings(cfg, overrides)
+    settings = _run_settings(cfg, overrides)
     claimed = _claim(ctx, refs)
     if not claimed:
         log.info("selection %s: no inferred videos to select from", sid)
         return {"_id": sid, "state": "empty", "selected": [], "videos": []}
-    batch = Batch(sid, claimed, settings, spec)
+    batch = Batch(sid, claimed, settings)
     try:
         return _select(ctx, batch)
     except Exception as exc:
@@ -300,6 +301,7 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
         return {"_id": batch.sid, "state": "empty", "selected": [], "videos": []}
 
     pool_ids, pool_emb = read_datapool(ctx.s3, ctx.db, batch.sid)
+    spec = batch.spec(ctx.cfg, len(pool_ids))
     n_samples = batch.settings.n_samples
     if n_samples and n_samples > inputs.n:
         # a small batch is not a config error: take everything it has
@@ -308,8 +310,8 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
         )
         budget = inputs.n
     else:
-        budget = batch.spec.budget(inputs.n)
-    result = select(inputs, batch.spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
+        budget = spec.budget(inputs.n)
+    result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
     return _finish(ctx, batch, inputs, result)
 
 
@@ -317,7 +319,7 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
     """The second greedy pass over the shards' winners (distributed greedy)."""
     docs = _videos(ctx.db, plan["video_ids"])
     try:
-        batch = Batch(plan["_id"], docs, *_plan_settings(ctx.cfg, plan))
+        batch = Batch(plan["_id"], docs, _plan_settings(plan))
         missing = [sh["shard"] for sh in plan["shards"] if not sh.get("uri")]
         if missing:
             raise RuntimeError(
@@ -326,7 +328,8 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
             )
         shards = [shard_from_bytes(get_bytes(ctx.s3, *parse_s3_uri(sh["uri"]))) for sh in plan["shards"]]
         pool_ids, pool_emb = read_datapool(ctx.s3, ctx.db, batch.sid)
-        result = merge_shards(shards, batch.spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
+        spec = batch.spec(ctx.cfg, len(pool_ids))
+        result = merge_shards(shards, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
         union = SelectionInputs.concat([sh.winners for sh in shards])
         shard_rows = [
             {k: sh.get(k) for k in ("shard", "video_ids", "frames", "winners", "seconds", "uri")}
@@ -362,6 +365,7 @@ def _finish(
         "state": "done",
         "config": batch.settings.model_dump(mode="json"),
         "spec": values.get("spec"),
+        "regime": (values.get("spec") or {}).get("regime"),
         "videos": [
             {"video_id": d["_id"], "key": d["key"], "frames": len(by_video.get(d["_id"], []))}
             for d in batch.docs
@@ -387,13 +391,14 @@ def _finish(
         status = registry.SELECTED if frames else registry.NOT_SELECTED
         registry.mark(ctx.db, doc["_id"], status, ctx.run_id, selection_id=batch.sid, selected_frames=frames)
     log.info(
-        "selection %s: %d of %d frames from %d video(s) (%s%s); report %s",
+        "selection %s: %d of %d frames from %d video(s) (%s%s)%s; report %s",
         batch.sid,
         len(result.selected),
         record["n_input"],
         len(batch.docs),
         result.stop_reason,
         f", {len(shards)} shards" if shards else "",
+        f"; {record['regime']['text']}" if record["regime"] else "",
         report_uri,
     )
     return record

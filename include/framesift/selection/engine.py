@@ -82,7 +82,7 @@ from framesift.selection.similarity import similarity_values
 from framesift.selection.spec import InputType, SelectionConfigError, SelectionSpec, StrategyType
 from framesift.selection.threshold import threshold_mask
 from framesift.selection.typicality import typicality_values
-from framesift.selection.weights import StaticObjective, minmax_scale, numeric_values
+from framesift.selection.weights import StaticObjective, minmax_scale, numeric_values, soft_factor
 
 _LOG = logging.getLogger("framesift.selection")
 
@@ -120,6 +120,7 @@ class SelectionRun:
         self.spec = spec
         self.n = inputs.n
         self.seed = spec.random_seed
+        self.floor = spec.objective_floor
         self.refresh_every = max(1, refresh_every)
         self.sequence_length = sequence_length or spec.selected_sequence_length
         self.duplicate_distance = duplicate_distance
@@ -285,10 +286,8 @@ class SelectionRun:
             self.objective_labels.append(label)
         base = np.ones(n, dtype=np.float32)
         for s in self.statics:
-            if s.strength == 0:
-                continue
-            factor = s.norm if s.strength > 0 else (1.0 - s.norm)
-            base *= factor if abs(s.strength) == 1 else np.power(factor, abs(s.strength), dtype=np.float32)
+            if s.strength != 0:
+                base *= soft_factor(s.norm, s.strength, self.floor)
         self.base = base
         self.priority = name_hash_uniform(self.inputs.frame_names, self.seed + 7919)
         self.timings["objectives_s"] = time.perf_counter() - t0
@@ -362,10 +361,7 @@ class SelectionRun:
                     bal_raw.append(g)
                     bal_norm.append(o)
                     if b.strength != 0:
-                        f = o if b.strength > 0 else 1.0 - o
-                        combined_static *= (
-                            f if abs(b.strength) == 1 else np.power(f, abs(b.strength), dtype=np.float32)
-                        )
+                        combined_static *= soft_factor(o, b.strength, self.floor)
             pick = -1
             fbar: np.ndarray | None = None
             refreshed = 0

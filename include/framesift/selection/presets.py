@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from framesift.selection.regime import DIVERSITY, UNCERTAINTY
 from framesift.selection.spec import SelectionConfigError
 
-DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
-UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
 BALANCE = {
     "input": {"type": "PREDICTIONS", "name": "CLASS_DISTRIBUTION"},
     "strategy": {"type": "BALANCE", "distribution": "UNIFORM"},

@@ -360,6 +360,8 @@ def _html(result, inputs, title, plots, examples) -> str:
     default_note = (
         " (framesift's default: the config named none)" if (result.spec or {}).get("defaulted") else ""
     )
+    regime = ((result.spec or {}).get("regime") or {}).get("text")
+    regime_line = f"<p><b>{_esc(regime)}</b></p>" if regime else ""
     figs = "".join(
         f"<h2>{_esc(head)}</h2><figure><img src='{_esc(file)}' alt='{_esc(head)}'><figcaption>{_esc(cap)}</figcaption></figure>"
         for file, head, cap in plots
@@ -382,13 +384,15 @@ selection took {t.get("total_s", 0.0):.2f} s.</p>
 <p class="muted">Duplicate: frames already in the datapool, exact copies and near-copies of datapool frames.
 Removed: frames that failed a THRESHOLD strategy.</p>
 <h2>Strategies{default_note}</h2>
+{regime_line}
 <table><tr><th>#</th><th class='l'>input</th><th class='l'>strategy</th></tr>{strat_rows}</table>
 {figs}
 {ex}
 <h2>Objective values at pick time</h2>
 <p class="muted">Each objective's value for the frame when it was picked, normalised to [0, 1] (WEIGHTS-like objectives
 min-max over the candidates; DIVERSITY as distance over the largest distance at that step; BALANCE min-max at that step).
-The pick maximises their product, each raised to its strength; "-" marks frames added as part of a sequence.</p>
+The pick maximises their product: each soft objective (all but DIVERSITY) enters as floor + (1 - floor) x value, raised to its
+strength, so no soft objective vetoes a frame (floor {(result.spec or {}).get("objective_floor", 0)}); "-" marks frames added as part of a sequence.</p>
 {_objective_table(result)}
 </body></html>
 """

@@ -29,6 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from framesift.config.schema import DEFAULT_COLD_START_LABELS, DEFAULT_OBJECTIVE_FLOOR
+from framesift.selection.regime import Regime
+
 
 class SelectionConfigError(ValueError):
     """A selection config that cannot run, with the strategy index and key it concerns."""
@@ -125,6 +128,9 @@ class SelectionSpec(_Model):
     random_seed: int = 0
     selected_sequence_length: int = Field(1, ge=1)
     defaulted: bool = False  # the strategies are framesift's default (the config gave none)
+    # every soft objective's factor lies in [objective_floor, 1]: it never vetoes a frame
+    objective_floor: float = Field(DEFAULT_OBJECTIVE_FLOOR, ge=0, le=1)
+    regime: dict[str, Any] | None = None  # the default recipe's regime (Regime.to_dict)
 
     def budget(self, n_input: int) -> int:
         """How many frames to select from ``n_input`` input frames (errors if impossible)."""
@@ -321,24 +327,23 @@ def parse_strategies(raw: Sequence[Any] | None) -> list[StrategyEntry]:
     return [parse_strategy(i, s) for i, s in enumerate(raw)]
 
 
-def default_strategies() -> list[StrategyEntry]:
-    """What runs when the config names no strategy: visual diversity times uncertainty.
-
-    DIVERSITY on EMBEDDINGS (strength 1) and WEIGHTS on SCORES ``uncertainty_entropy``
-    (strength 1): Lightly's "CORAL" recipe, frames far from everything already picked
-    in which the detector hesitates between classes. Without predictions, the WEIGHTS part
-    is dropped at select time (all entropies would be 0).
+def default_strategies(regime: Regime | None = None) -> list[StrategyEntry]:
+    """What runs when the config names no strategy (see :mod:`framesift.selection.regime`):
+    DIVERSITY x TYPICALITY while few frames are labeled, DIVERSITY x WEIGHTS on SCORES
+    ``uncertainty_entropy`` (Lightly's "CORAL" recipe: frames far from everything already
+    picked in which the detector hesitates between classes) once enough are, a blend in
+    between. Without predictions, the WEIGHTS part is dropped at select time.
     """
-    return [
-        parse_strategy(0, {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}),
-        parse_strategy(
-            1, {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
-        ),
-    ]
+    regime = regime or Regime.for_labels(None, DEFAULT_COLD_START_LABELS)
+    return [parse_strategy(i, raw) for i, raw in enumerate(regime.recipe())]
 
 
 def parse_selection(
-    sel: Any, important_classes: Sequence[str] = (), *, selected_sequence_length: int = 1
+    sel: Any,
+    important_classes: Sequence[str] = (),
+    *,
+    selected_sequence_length: int = 1,
+    labeled: int | None = None,
 ) -> SelectionSpec:
     """``SelectionConfig`` (or its dict) + the top-level ``important_classes`` -> spec.
 
@@ -348,17 +353,31 @@ def parse_selection(
     listed), INPUT = the input's own class distribution, TARGET = needs ``balance`` to be
     a mapping ``{class: fraction}`` (a mapping alone implies TARGET). ``balance: false``
     or absent adds nothing. When ``strategies`` is empty the default
-    (``default_strategies``) is used, plus that BALANCE if asked for.
+    (``default_strategies``) is used, plus that BALANCE if asked for; its regime follows
+    ``labeled`` (frames in the datapool; None: not known) and ``cold_start_labels``.
     """
     data = sel.model_dump() if hasattr(sel, "model_dump") else dict(sel or {})
-    known = ("n_samples", "proportion_samples", "strategies", "balance", "balance_strategy", "random_seed")
+    known = (
+        "n_samples",
+        "proportion_samples",
+        "strategies",
+        "balance",
+        "balance_strategy",
+        "random_seed",
+        "objective_floor",
+        "cold_start_labels",
+    )
     # how a selection runs (shards), not what it selects
     data = {k: v for k, v in data.items() if k not in ("shard_max_frames", "shard_oversample")}
     _unknown_keys("selection", data, known)
     strategies = parse_strategies(data.get("strategies") or [])
     defaulted = not strategies
+    cold_start_labels = data.get("cold_start_labels")
+    regime = Regime.for_labels(
+        labeled, DEFAULT_COLD_START_LABELS if cold_start_labels is None else int(cold_start_labels)
+    )
     if defaulted:
-        strategies = default_strategies()
+        strategies = default_strategies(regime)
     balance = data.get("balance")
     how = _upper(data.get("balance_strategy"))
     if how is not None and how not in ("TARGET", "UNIFORM", "INPUT"):
@@ -425,6 +444,10 @@ def parse_selection(
             random_seed=int(data.get("random_seed") or 0),
             selected_sequence_length=selected_sequence_length,
             defaulted=defaulted,
+            objective_floor=DEFAULT_OBJECTIVE_FLOOR
+            if data.get("objective_floor") is None
+            else data["objective_floor"],
+            regime=regime.to_dict() if defaulted else None,
         )
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -31,6 +31,17 @@ def minmax_scale(values: np.ndarray, alive: np.ndarray) -> np.ndarray:
     return out
 
 
+def soft_factor(norm: np.ndarray, strength: float, floor: float) -> np.ndarray:
+    """A soft objective's factor in the product: ``(floor + (1 - floor) * o) ** |strength|``
+    with ``o`` its value scaled to [0, 1] (``1 - o`` for a negative strength). The worst
+    frame keeps ``floor ** |strength|``: a soft objective lowers a frame's value but never
+    vetoes it (only THRESHOLD removes frames). float32, a new array."""
+    o = norm if strength > 0 else 1.0 - norm
+    f = np.asarray(o, dtype=np.float32) * np.float32(1.0 - floor)
+    f += np.float32(floor)
+    return f if abs(strength) == 1 else np.power(f, abs(strength), dtype=np.float32)
+
+
 @dataclass
 class StaticObjective:
     """An objective fixed before the loop (WEIGHTS, SIMILARITY, TYPICALITY): its raw values
