@@ -556,10 +556,10 @@ def test_random_weights_are_seeded_and_order_independent():
 
 def test_product_of_objectives_with_strength():
     # 0 deg is in the datapool. Frame 1 (180 deg) is far but has a low weight,
-    # frame 0 (60 deg) is nearer but has a high weight.
-    x = angles(60, 180)
+    # frame 0 (70 deg) is nearer but has a high weight.
+    x = angles(70, 180)
     inp = SelectionInputs(names(2), x, metadata={"w": [1.0, 0.2], "base": [0.0, 0.0]})
-    # weights min-max -> [1, 0], soft factors [1, 0.25]: 1.0 x 1 beats 2.0 x 0.25
+    # weights min-max -> [1, 0], soft factors [1, 0.5] (floor 0.5): 1.15 x 1 beats 2.0 x 0.5
     r = select(inp, spec([DIV, weights("w")], n_samples=1), datapool_embeddings=angles(0))
     assert r.selected[0] == 0
     # without the weights, diversity alone takes the far frame
@@ -572,18 +572,23 @@ def test_product_of_objectives_with_strength():
 
 def test_product_trades_objectives_off():
     # three frames: distance d from the datapool and weight w; the weights' factor is
-    # floor + (1 - floor) * minmax(w) with the default floor 0.25
+    # floor + (1 - floor) * minmax(w), floor 0.25 here
     x = angles(180, 90, 20)  # distances to 0 deg: 2.0, 1.414, 0.347
     w = [0.0, 1.0, 2.0]  # normalised [0, 0.5, 1] -> factors [0.25, 0.625, 1]
     inp = SelectionInputs(names(3), x, metadata={"w": w})
-    r = select(inp, spec([DIV, weights("w")], n_samples=1), datapool_embeddings=angles(0))
+    floor = {"objective_floor": 0.25}
+    r = select(inp, spec([DIV, weights("w")], n_samples=1, **floor), datapool_embeddings=angles(0))
     assert r.selected[0] == 1  # 1.414 * 0.625 = 0.88 beats 2.0 * 0.25 = 0.5 and 0.347 * 1
     # a weak weight barely matters: 2.0 * 0.25 ** 0.25 = 1.41 beats 1.414 * 0.625 ** 0.25 = 1.26
-    r = select(inp, spec([DIV, weights("w", strength=0.25)], n_samples=1), datapool_embeddings=angles(0))
+    r = select(
+        inp, spec([DIV, weights("w", strength=0.25)], n_samples=1, **floor), datapool_embeddings=angles(0)
+    )
     assert r.selected[0] == 0
     r = select(
         inp,
-        spec([{**DIV, "strategy": {"type": "DIVERSITY", "strength": 0.1}}, weights("w")], n_samples=1),
+        spec(
+            [{**DIV, "strategy": {"type": "DIVERSITY", "strength": 0.1}}, weights("w")], n_samples=1, **floor
+        ),
         datapool_embeddings=angles(0),
     )
     assert r.selected[0] == 2  # diversity nearly switched off: the weight wins
@@ -642,7 +647,7 @@ def test_lazy_greedy_picks_what_the_eager_greedy_picks(seed):
     np.testing.assert_allclose(lazy.raw_values, eager.raw_values, rtol=1e-5, atol=1e-6)
 
 
-def _brute_force(x, w, k, datapool, floor=0.25):
+def _brute_force(x, w, k, datapool, floor=0.5):
     """Plain diversity x weights, written apart from the engine: every distance recomputed
     after every pick, the weight's factor floor + (1 - floor) * (w - min) / (max - min)."""
     wn = floor + (1 - floor) * (w - w.min()) / (w.max() - w.min())

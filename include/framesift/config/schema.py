@@ -108,7 +108,7 @@ class InferenceConfig(_Section):
 
 
 DEFAULT_PROPORTION = 0.1  # the budget when the config gives none: 10 % of the input frames
-DEFAULT_OBJECTIVE_FLOOR = 0.25  # a soft objective's factor never drops below this
+DEFAULT_OBJECTIVE_FLOOR = 0.5  # a soft objective's factor never drops below this
 DEFAULT_COLD_START_LABELS = 500  # datapool size below which the default recipe is cold-start
 
 

@@ -20,6 +20,10 @@ UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "str
 TYPICALITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY"}}
 
 COLD_START, WARMING, WARM, UNKNOWN = "cold_start", "warming", "warm", "unknown"
+# TYPICALITY's strength in the cold-start recipe: at 1 it gave up too much of the radius and
+# of the scene recall on real footage (bench/bench_coverage.py), at 0.5 it still halves the
+# mean distance of plain k-center on generated video-like data
+COLD_START_TYPICALITY = 0.5
 
 
 def _with_strength(entry: dict[str, Any], strength: float) -> dict[str, Any]:
@@ -47,9 +51,9 @@ class Regime:
         if c <= 0 or labeled >= 2 * c:
             return cls(WARM, labeled, c, 0.0, 1.0)
         if labeled < c:
-            return cls(COLD_START, labeled, c, 1.0, 0.0)
+            return cls(COLD_START, labeled, c, COLD_START_TYPICALITY, 0.0)
         u = (labeled - c) / c
-        return cls(WARMING, labeled, c, 1.0 - u, u)
+        return cls(WARMING, labeled, c, COLD_START_TYPICALITY * (1.0 - u), u)
 
     def recipe(self) -> list[dict[str, Any]]:
         """The default strategies in Lightly's shape."""
@@ -63,7 +67,7 @@ class Regime:
     def describe(self) -> str:
         c, n = self.cold_start_labels, self.labeled
         if self.name == COLD_START:
-            return f"regime: cold start, {n} labeled frames < {c} (diversity x typicality)"
+            return f"regime: cold start, {n} labeled frames < {c} (diversity x typicality {self.typicality:g})"
         if self.name == WARMING:
             return (
                 f"regime: warming up, {n} labeled frames (diversity x typicality {self.typicality:.2f}"
