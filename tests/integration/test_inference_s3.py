@@ -14,7 +14,7 @@ import pytest
 from framesift.inference import predictions as lp
 from framesift.inference import streaming
 from framesift.inference.detector import Detector
-from framesift.inference.models import ModelError, default_model_path, resolve_model
+from framesift.inference.models import ModelError, default_model_path, fall_model_path, resolve_model
 from framesift.inference.streaming import run_inference
 from framesift.ingest.extract import extract_to_s3
 from framesift.io import layout
@@ -29,7 +29,8 @@ TASK = "object-detection"
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    return Detector(default_model_path(), imgsz=IMGSZ, confidence_threshold=0.3, half=False)
+    """The ultralytics path (the fall model); the default COCO model: test_darknet_model_from_s3."""
+    return Detector(fall_model_path(), imgsz=IMGSZ, confidence_threshold=0.3, half=False)
 
 
 @pytest.fixture
@@ -40,6 +41,7 @@ def cfg(isolated):
     c.inference.imgsz = IMGSZ
     c.inference.batch_size = 8
     c.inference.prefetch = 6
+    c.inference.runtime = "torch"
     return c
 
 
@@ -102,6 +104,8 @@ def test_real_video_predictions_and_embeddings(s3, cfg, detector, tmp_path):
     summary = run_inference(s3, cfg, manifest, detector=detector)
     assert summary["frames_failed"] == 0 and summary["frames_total"] == 25
     assert summary["embeddings_uri"].endswith(f"/embeddings/{cfg.inference.embedding.model}.npz")
+    assert summary["embedding_model_id"] == detector.embedding_model_id
+    assert lp.read_embeddings_file(s3, summary["embeddings_uri"]).model_id == detector.embedding_model_id
     assert (
         summary["predictions_prefix"]
         == f"s3://{cfg.storage.out_bucket}/{layout.frames_prefix(cfg, manifest['video_id'])}/.lightly/predictions/{TASK}/"
@@ -235,7 +239,7 @@ class CountingS3:
 def test_s3_model_uri_is_cached_by_etag(s3, cfg, tmp_path):
     bucket = cfg.storage.bucket
     key = cfg.storage.output_prefix + "models/fall/best.pt"
-    upload(s3, default_model_path(), bucket, key)
+    upload(s3, fall_model_path(), bucket, key)
     uri = f"s3://{bucket}/{key}"
     counting = CountingS3(s3)
     cache = tmp_path / "cache"
@@ -245,7 +249,7 @@ def test_s3_model_uri_is_cached_by_etag(s3, cfg, tmp_path):
     assert first == second and counting.downloads == 1
     etag = head(s3, bucket, key).etag
     assert first == cache / etag / "best.pt"
-    assert first.read_bytes() == default_model_path().read_bytes()
+    assert first.read_bytes() == fall_model_path().read_bytes()
 
     # a loadable detector from the cached copy, via the config
     cfg.inference.model_uri = uri
@@ -261,3 +265,19 @@ def test_s3_model_uri_is_cached_by_etag(s3, cfg, tmp_path):
 
     with pytest.raises(ModelError, match="no such object"):
         resolve_model(f"s3://{bucket}/nothing/here.pt", counting, cache)
+
+
+def test_darknet_model_from_s3_brings_its_cfg_and_names(s3, cfg, tmp_path):
+    bucket = cfg.storage.bucket
+    src = default_model_path()
+    prefix = cfg.storage.output_prefix + "models/coco/"
+    upload(s3, src, bucket, prefix + "yolov3-tiny.weights")
+    uri = f"s3://{bucket}/{prefix}yolov3-tiny.weights"
+    with pytest.raises(ModelError, match=r"yolov3-tiny\.cfg"):
+        resolve_model(uri, s3, tmp_path / "cache")
+    upload(s3, src.with_suffix(".cfg"), bucket, prefix + "yolov3-tiny.cfg")
+    upload(s3, src.with_name("coco.names"), bucket, prefix + "coco.names")
+    cfg.inference.model_uri = uri
+    det = Detector.from_config(cfg, s3, tmp_path / "cache2")
+    assert det.names[0] == "person" and len(det.names) == 80
+    assert det.embedding_model_id == Detector(src, imgsz=IMGSZ).embedding_model_id

@@ -24,7 +24,7 @@ from framesift.inference.detector import (
     xyxy_to_xywh_int,
 )
 from framesift.inference.embedders import Embedder, SimCLREmbedder, l2_normalize
-from framesift.inference.models import InferenceError, ModelError, default_model_path, resolve_model
+from framesift.inference.models import InferenceError, ModelError, fall_model_path, resolve_model
 from framesift.inference.streaming import FrameError, decode_image, prefetch_map
 
 IMGSZ = 320  # small network input keeps the tests fast on 2 cores
@@ -52,7 +52,7 @@ def frames() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    return Detector(default_model_path(), imgsz=IMGSZ, confidence_threshold=0.25, half=False)
+    return Detector(fall_model_path(), imgsz=IMGSZ, confidence_threshold=0.25, half=False)
 
 
 # ---------------------------------------------------------------------------- geometry
@@ -123,7 +123,7 @@ def test_detector_matches_ultralytics_predict(detector, frames):
     import torch
     from ultralytics import YOLO
 
-    reference = YOLO(str(default_model_path()))
+    reference = YOLO(str(fall_model_path()))
     preds, _ = detector.predict(frames)
     n_boxes = 0
     threads = torch.get_num_threads()
@@ -165,7 +165,8 @@ def test_detector_outputs(detector, frames):
             x, y, bw, bh = box.bbox
             assert 0 <= x and 0 <= y and x + bw <= w and y + bh <= h
     # the embedding is the backbone's last layer (SPPF in YOLOv8)
-    assert type(detector.model.model[detector.feature_layer]).__name__ == "SPPF"
+    layer = int(detector.embedding_layer.split(":")[1])
+    assert type(detector.network.inner.model[layer]).__name__ == "SPPF"
     # different images, different embeddings; the same image twice, the same embedding
     _, again = detector.predict([frames[0], frames[0], frames[3]])
     assert np.allclose(again[0], again[1], atol=1e-5)
@@ -185,7 +186,7 @@ def test_mixed_sizes_in_one_batch(detector, frames):
 
 def test_important_classes_must_all_exist():
     with pytest.raises(ModelError) as err:
-        Detector(default_model_path(), imgsz=64, important_classes=["Fall", "person", "bicycle"])
+        Detector(fall_model_path(), imgsz=64, important_classes=["Fall", "person", "bicycle"])
     msg = str(err.value)
     assert "['person', 'bicycle']" in msg and "Normal" in msg and "Fall" in msg
     assert "best.pt" in msg
@@ -194,9 +195,7 @@ def test_important_classes_must_all_exist():
 
 
 def test_important_classes_filter_schema_and_boxes(frames):
-    only_fall = Detector(
-        default_model_path(), imgsz=IMGSZ, confidence_threshold=0.1, important_classes=["Fall"]
-    )
+    only_fall = Detector(fall_model_path(), imgsz=IMGSZ, confidence_threshold=0.1, important_classes=["Fall"])
     assert only_fall.schema() == {"task_type": "object-detection", "categories": [{"id": 1, "name": "Fall"}]}
     preds, _ = only_fall.predict(frames)
     boxes = [b for f in preds for b in f.boxes]
@@ -251,7 +250,7 @@ def test_empty_and_wrong_suffix(tmp_path):
         resolve_model(str(empty))
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"x")
-    with pytest.raises(ModelError, match=r"not a \.pt checkpoint"):
+    with pytest.raises(ModelError, match=r"not a \.pt checkpoint or Darknet \.weights"):
         resolve_model(str(onnx))
     with pytest.raises(ModelError, match="directory"):
         resolve_model(str(tmp_path))
@@ -290,11 +289,12 @@ def test_wrong_task_checkpoint(tmp_path):
     assert "'classify'" in str(err.value) and "detect" in str(err.value) and "classifier.pt" in str(err.value)
 
 
-def test_default_model_is_logged_as_demo(caplog):
+def test_default_model_is_logged_as_the_bundled_default(caplog):
     with caplog.at_level(logging.INFO, logger="framesift.inference"):
         path = resolve_model(None)
-    assert path.name == "best.pt" and path.is_file()
-    assert "DEMO DEFAULT" in caplog.text
+    assert path.name == "yolov3-tiny.weights" and path.is_file()
+    assert "bundled default model" in caplog.text and "COCO" in caplog.text
+    assert resolve_model(models.FALL_MODEL_URI) == fall_model_path()
 
 
 def test_default_model_missing(monkeypatch):

@@ -96,13 +96,16 @@ class EmbeddingConfig(_Section):
 
 
 class InferenceConfig(_Section):
+    # null: the bundled YOLOv3-tiny (COCO-80); a local path, s3:// or package://<dist>/<file>
     model_uri: str | None = None
     task_name: str = "object-detection"  # the Lightly prediction task the results are written under
     confidence_threshold: float = Field(0.3, ge=0, le=1)
     device: str = "auto"
     half: bool | Literal["auto"] = "auto"
+    # auto: torch on CUDA, else the fastest runtime measured here for the model (cached)
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     batch_size: int = Field(16, ge=1)
-    imgsz: int = Field(640, ge=32)
+    imgsz: int | None = Field(None, ge=32)  # null: the size the model was trained at
     prefetch: int = Field(64, ge=1)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 

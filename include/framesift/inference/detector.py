@@ -1,10 +1,12 @@
-"""The detector: an ultralytics detection checkpoint run batched, ONE forward pass per
-batch for both the boxes (own NMS on the raw head output, so every kept box has its
-per-class scores) and an embedding per image (a forward hook on the backbone's last
-layer, global-average-pooled and L2-normalised). A box's ``probabilities`` are its
-per-class sigmoid scores (YOLOv8 heads score classes independently) normalised to sum to
-1 over the written categories; ``score`` is the kept class's sigmoid score. A Detector is
-not thread-safe: one per worker.
+"""The detector: a detection network (an ultralytics checkpoint or Darknet YOLO weights,
+:mod:`framesift.inference.networks`) run batched on the configured runtime
+(:mod:`framesift.inference.backends`), ONE forward pass per batch for both the boxes (own
+NMS on the raw head output, so every kept box has its per-class scores) and an embedding
+per image (the backbone's feature map, global-average-pooled and L2-normalised, an output
+of the same graph). A box's ``probabilities`` are its per-class scores (independent
+sigmoids in YOLOv3 and YOLOv8 heads; YOLOv3's times objectness) normalised to sum to 1
+over the written categories; ``score`` is the kept class's score. A Detector is not
+thread-safe: one per worker.
 
 Policy on ``important_classes``: every listed class must be a class of the model (a typo
 would otherwise silently drop a class from selection and balancing); the predictions
@@ -24,13 +26,15 @@ import numpy as np
 
 from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
+from framesift.inference.backends import make_runtime
 from framesift.inference.models import (
     InferenceError,
     ModelError,
     PathLike,
-    load_detection_model,
+    check_local_model,
     resolve_model,
 )
+from framesift.inference.networks import load_network
 from framesift.inference.runtimes import (
     CPU_FORWARD_BATCH,
     empty_cuda_cache,
@@ -157,7 +161,12 @@ class FramePredictions:
 
 
 class Detector:
-    """An ultralytics detection checkpoint, run batched: boxes + one embedding per image."""
+    """A detection network run batched: boxes + one embedding per image, one forward pass.
+
+    ``model_path``: an ultralytics ``.pt`` or a Darknet ``.weights`` (see
+    :mod:`framesift.inference.networks`). ``imgsz`` None: the size the model was trained at.
+    ``runtime``: torch, onnxruntime, openvino or auto (:mod:`framesift.inference.backends`).
+    """
 
     name = "detector"
 
@@ -167,22 +176,23 @@ class Detector:
         *,
         confidence_threshold: float = 0.3,
         iou_threshold: float = IOU_THRESHOLD,
-        imgsz: int = 640,
+        imgsz: int | None = None,
         device: str = "auto",
         half: bool | str = "auto",
         important_classes: Sequence[str] = (),
         max_det: int = MAX_DET,
         forward_batch: int | None = None,
         model_uri: str | None = None,
+        runtime: str = "torch",
+        cache_dir: PathLike | None = None,
         log: logging.Logger | None = None,
     ):
-        torch = import_torch()
         self.log = log or _LOG
         self.model_uri = model_uri or str(model_path)
         self.model_path = Path(model_path)
-        yolo = load_detection_model(model_path, self.model_uri)
-        model = yolo.model
-        self.names: dict[int, str] = {int(k): str(v) for k, v in model.names.items()}
+        network = load_network(check_local_model(self.model_path, self.model_uri), self.model_uri)
+        self.network = network
+        self.names: dict[int, str] = dict(network.names)
         missing = [c for c in important_classes if c not in self.names.values()]
         if missing:
             raise ModelError(
@@ -196,36 +206,22 @@ class Detector:
         self.confidence_threshold = float(confidence_threshold)
         self.iou_threshold = float(iou_threshold)
         self.max_det = int(max_det)
-
-        head = model.model[-1]
-        if getattr(head, "end2end", False):
-            head.end2end = False  # NMS-free heads: use the one-to-many branch (raw scores per class)
-        self.stride = int(max(int(s) for s in model.stride)) if hasattr(model, "stride") else 32
-        self.imgsz = int(math.ceil(imgsz / self.stride) * self.stride)
-        try:
-            model = model.fuse(verbose=False)
-        except Exception:  # noqa: BLE001 - fusing is an optimisation only
-            pass
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
+        self.stride = network.stride
+        self.imgsz = int(math.ceil((imgsz or network.native_imgsz) / self.stride) * self.stride)
         self.device = select_device(device)
         self.half = use_half(half, self.device)
-        model.to(self.device)
-        if self.half:
-            model.half()
-        # channels-last convolutions: ~20 % faster per image on CPU (oneDNN), and what
-        # tensor cores prefer on GPU; outputs are the same
-        model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.runtime = make_runtime(
+            runtime, network, self.device, self.half, cache_dir=cache_dir, imgsz=self.imgsz, log=self.log
+        )
+        if self.runtime.name != "torch":
+            self.half = False
+        self.runtime_name = self.runtime.name
         if forward_batch is None and self.device.type == "cpu":
             forward_batch = CPU_FORWARD_BATCH
         self.forward_batch = forward_batch
-        self.feature_layer = _backbone_end(model)
-        self._captured: Any = None
-        self._hook = model.model[self.feature_layer].register_forward_hook(self._capture)
+        self.embedding_dim = network.embedding_dim
+        self.embedding_layer = network.embedding_layer
         self.max_batch: int | None = None  # lowered after a CUDA OOM
-        self.embedding_dim = self._probe()
 
     @classmethod
     def from_config(
@@ -241,34 +237,17 @@ class Detector:
             half=inf.half,
             important_classes=cfg.important_classes,
             model_uri=inf.model_uri or str(path),
+            runtime=inf.runtime,
+            cache_dir=cache_dir,
             log=log,
         )
 
-    # -- internals
-
-    def _capture(self, _module, _inputs, output) -> None:
-        self._captured = output
-
-    def _probe(self) -> int:
-        """One tiny forward pass: checks the model runs and learns the embedding size."""
-        torch = import_torch()
-        x = torch.zeros(1, 3, self.stride * 2, self.stride * 2, device=self.device)
-        x = x.half() if self.half else x
-        try:
-            with torch.inference_mode():
-                out = self.model(x)
-        except Exception as exc:
-            raise ModelError(
-                f"model {self.model_uri}: a test forward pass failed ({type(exc).__name__}: {exc})"
-            ) from None
-        raw = out[0] if isinstance(out, list | tuple) else out
-        nc = len(self.names)
-        if not hasattr(raw, "shape") or raw.ndim != 3 or raw.shape[1] != 4 + nc:
-            raise ModelError(
-                f"model {self.model_uri}: unexpected detection head output {getattr(raw, 'shape', None)} "
-                f"(expected batch x {4 + nc} x anchors)"
-            )
-        return int(self._captured.shape[1])
+    @property
+    def embedding_model_id(self) -> str:
+        """Which embedding space the vectors live in: weights, layer, input size, kind."""
+        return predictions.embedding_model_id(
+            self.network.weights_sha256, self.embedding_layer, self.imgsz, "detector"
+        )
 
     @property
     def categories(self) -> dict[int, str]:
@@ -308,7 +287,6 @@ class Detector:
         except Exception as exc:
             if not is_oom(exc):
                 raise
-        self._captured = None
         empty_cuda_cache()
         n = len(images)
         if n < 2:
@@ -332,58 +310,48 @@ class Detector:
         self.max_batch = half
         return a[0] + b[0], np.concatenate([a[1], b[1]])
 
-    def preprocess(self, images: Sequence[np.ndarray]):
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
         """Letterbox (minimum rectangle when all shapes agree, as ultralytics does), BGR->RGB,
-        NCHW, [0, 1]; returns the tensor and the per-image geometry."""
-        torch = import_torch()
+        NCHW float32 in [0, 1]; returns the array and the per-image geometry."""
         auto = len({im.shape for im in images}) == 1
         boxed = [letterbox(im, self.imgsz, self.stride, auto) for im in images]
         batch = np.stack([b[0] for b in boxed])[..., ::-1].transpose(0, 3, 1, 2)
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        x = x.half() if self.half else x.float()
-        x /= 255.0
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        x *= 1.0 / 255.0
         return x, [b[1] for b in boxed]
 
     def _forward(self, images: list[np.ndarray]) -> tuple[list[FramePredictions], np.ndarray]:
-        torch = import_torch()
         x, geometry = self.preprocess(images)
-        with torch.inference_mode():
-            out = self.model(x)
-            raw = (out[0] if isinstance(out, list | tuple) else out).float()
-            feats = self._captured.float().mean(dim=(2, 3))
-            emb = torch.nn.functional.normalize(feats, dim=1).cpu().numpy().astype(np.float32)
-            dets = self._nms(raw)
-        self._captured = None
+        raw, emb = self.runtime.run(x)
+        dets = self._nms(raw)
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
         return [self._frame(d, lb) for d, lb in zip(dets, geometry, strict=True)], emb
 
-    def _nms(self, raw) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    def _nms(self, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: (xyxy, score, class, class scores) of the kept boxes, in input pixels."""
         torch = import_torch()
         from torchvision.ops import batched_nms
 
         nc = len(self.names)
         out = []
-        for pred in raw.transpose(1, 2):  # anchors x (4 + nc)
+        for pred in np.asarray(raw, dtype=np.float32).transpose(0, 2, 1):  # anchors x (4 + nc)
             cls = pred[:, 4 : 4 + nc]
-            conf, j = cls.max(dim=1)
+            j = cls.argmax(axis=1)
+            conf = cls[np.arange(len(cls)), j]
             keep = conf >= self.confidence_threshold
-            if not bool(keep.any()):
+            if not keep.any():
                 out.append((np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros((0, nc))))
                 continue
             xywh, conf, j, cls = pred[keep, :4], conf[keep], j[keep], cls[keep]
             if conf.shape[0] > _MAX_NMS:
-                top = conf.topk(_MAX_NMS).indices
+                top = np.argsort(-conf, kind="stable")[:_MAX_NMS]
                 xywh, conf, j, cls = xywh[top], conf[top], j[top], cls[top]
-            xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], dim=1)
-            idx = batched_nms(xyxy, conf, j, self.iou_threshold)[: self.max_det]
-            out.append(
-                (
-                    xyxy[idx].cpu().numpy(),
-                    conf[idx].cpu().numpy(),
-                    j[idx].cpu().numpy(),
-                    cls[idx].cpu().numpy(),
-                )
+            xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], axis=1)
+            idx = batched_nms(
+                torch.from_numpy(xyxy), torch.from_numpy(conf), torch.from_numpy(j), self.iou_threshold
             )
+            idx = idx[: self.max_det].numpy()
+            out.append((xyxy[idx], conf[idx], j[idx], cls[idx]))
         return out
 
     def _frame(self, det, lb: Letterbox) -> FramePredictions:
@@ -409,31 +377,6 @@ class Detector:
         return frame
 
     def backbone(self):
-        """A trainable float32 copy of the backbone (input to its last layer), or None when the
-        backbone's layers are not a plain sequence."""
-        import copy
-
-        torch = import_torch()
-        layers = self.model.model[: self.feature_layer + 1]
-        if any(getattr(m, "f", -1) != -1 for m in layers):
-            return None
-        self._hook.remove()  # the hook points at this Detector: keep it out of the copy
-        try:
-            seq = torch.nn.Sequential(*copy.deepcopy(list(layers))).float()
-        finally:
-            self._hook = self.model.model[self.feature_layer].register_forward_hook(self._capture)
-        for p in seq.parameters():
-            p.requires_grad_(True)
-        return seq
-
-
-def _backbone_end(model) -> int:
-    """Index of the backbone's last layer: the one feeding the neck's first upsample (SPPF in
-    YOLOv8, C2PSA in YOLO11); else the last SPPF; else the layer before the head."""
-    torch = import_torch()
-    layers = list(model.model)
-    for i, m in enumerate(layers):
-        if isinstance(m, torch.nn.Upsample) and i > 0:
-            return i - 1
-    sppf = [i for i, m in enumerate(layers) if type(m).__name__ in ("SPPF", "SPP", "SPPELAN")]
-    return sppf[-1] if sppf else len(layers) - 2
+        """A trainable float32 copy of the backbone (input to the embedding layer), or None
+        when the backbone's layers are not a plain sequence."""
+        return self.network.backbone()

@@ -16,8 +16,10 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from framesift.config.schema import PipelineConfig
+from framesift.inference import predictions
 from framesift.inference.detector import Detector
 from framesift.inference.models import ModelError
+from framesift.inference.networks import content_hash
 from framesift.inference.runtimes import import_torch, select_device, use_half
 
 _LOG = logging.getLogger("framesift.inference")
@@ -146,6 +148,9 @@ class EfficientNetLite0Embedder:
             net.half()
         self.net = net
         self.embedding_dim = 1280
+        self.embedding_model_id = predictions.embedding_model_id(
+            content_hash(efficientnet_lite0_weights()), "features:gap", EFFNET_INPUT_SIZE, self.name
+        )
 
     @staticmethod
     def prepare(images: Sequence[np.ndarray], size: int = EFFNET_INPUT_SIZE) -> np.ndarray:
@@ -211,6 +216,19 @@ class SimCLREmbedder:
         self.device = device
         self.normalize = _SSL_NORMALIZE.get(kind)
         self.embedding_dim: int | None = None
+
+    @property
+    def embedding_model_id(self) -> str:
+        """The fine-tuned backbone's space: a hash of its current weights (each fit is its own)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.backbone.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+        return predictions.embedding_model_id(
+            h.hexdigest(), f"simclr:{self.kind}", self.input_size, self.name
+        )
 
     @classmethod
     def create(cls, kind: str, source=None, *, input_size: int = SSL_INPUT_SIZE, device="cpu", log=None):

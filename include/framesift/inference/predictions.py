@@ -17,17 +17,24 @@ summing to 1.
 
 Embeddings: one ``.npz`` per video and embedding model at
 ``<video_prefix>/embeddings/<model>.npz`` with ``embeddings`` (N x D float32, rows
-L2-normalised) and ``frame_names`` (N strings, the order of the manifest).
+L2-normalised), ``frame_names`` (N strings, the order of the manifest) and
+``embedding_model_id`` (a 0-d string): which embedding space the rows live in, a short
+stable hash of the weights' content hash, the layer the vectors are pooled from, the
+input size and the embedder kind (:func:`embedding_model_id`). Distances are only
+meaningful between rows with the same id. Files written before the id existed have none:
+:func:`read_embeddings_file` gives ``model_id=None`` ("unknown") for them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -253,8 +260,29 @@ def remove_stale_predictions(s3, cfg: PipelineConfig, vid: str, task: str, frame
     return len(stale)
 
 
+EMBEDDING_MODEL_ID_LENGTH = 16
+
+
+def embedding_model_id(weights_sha256: str, layer: str, input_size: int | Sequence[int], kind: str) -> str:
+    """A short stable id of an embedding space: the same weights, layer, input size and
+    embedder kind give the same id on every machine and runtime (torch, ONNX Runtime and
+    OpenVINO embeddings agree to cosine >= 0.999, so the runtime is not part of it)."""
+    size = (
+        "x".join(str(int(v)) for v in input_size)
+        if isinstance(input_size, Sequence)
+        else str(int(input_size))
+    )
+    text = json.dumps(
+        {"weights": weights_sha256, "layer": layer, "input": size, "kind": kind}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:EMBEDDING_MODEL_ID_LENGTH]
+
+
 def save_embeddings_npz(
-    path: str | os.PathLike[str], frame_names: Sequence[str], embeddings: np.ndarray
+    path: str | os.PathLike[str],
+    frame_names: Sequence[str],
+    embeddings: np.ndarray,
+    model_id: str | None = None,
 ) -> None:
     """Write the npz to a local file (``embeddings`` may be a memmap: written in chunks)."""
     embeddings = (
@@ -262,13 +290,16 @@ def save_embeddings_npz(
     )
     if embeddings.ndim != 2 or embeddings.shape[0] != len(frame_names):
         raise ValueError(f"embeddings shape {embeddings.shape} does not match {len(frame_names)} frame names")
-    np.savez(path, embeddings=embeddings, frame_names=np.asarray(list(frame_names), dtype=np.str_))
+    extra = {"embedding_model_id": np.asarray(model_id, dtype=np.str_)} if model_id else {}
+    np.savez(path, embeddings=embeddings, frame_names=np.asarray(list(frame_names), dtype=np.str_), **extra)
 
 
-def write_embeddings(s3, uri: str, frame_names: Sequence[str], embeddings: np.ndarray) -> str:
+def write_embeddings(
+    s3, uri: str, frame_names: Sequence[str], embeddings: np.ndarray, model_id: str | None = None
+) -> str:
     """Write an in-memory embeddings array to ``uri`` (s3://...npz); returns the URI."""
     buf = io.BytesIO()
-    save_embeddings_npz(buf, frame_names, embeddings)
+    save_embeddings_npz(buf, frame_names, embeddings, model_id)
     bucket, key = parse_s3_uri(uri)
     put_bytes(s3, bucket, key, buf.getvalue(), "application/octet-stream")
     return uri
@@ -307,13 +338,36 @@ def read_predictions(s3, cfg: PipelineConfig, vid: str, task: str) -> dict[str, 
     return dict(sorted(out.items()))
 
 
-def read_embeddings(s3, uri: str) -> tuple[list[str], np.ndarray]:
-    """(frame names, N x D float32 array) from an embeddings .npz at ``uri``."""
-    bucket, key = parse_s3_uri(uri)
-    with np.load(io.BytesIO(get_bytes(s3, bucket, key)), allow_pickle=False) as data:
+@dataclass(frozen=True)
+class EmbeddingsFile:
+    """An embeddings file read back: ``model_id`` is None for files written before ids."""
+
+    frame_names: list[str]
+    embeddings: np.ndarray
+    model_id: str | None
+
+
+def load_embeddings_npz(source) -> EmbeddingsFile:
+    """An embeddings .npz from a local path or file object."""
+    with np.load(source, allow_pickle=False) as data:
         names = [str(n) for n in data["frame_names"]]
         array = np.asarray(data["embeddings"], dtype=np.float32)
-    return names, array
+        model_id = str(data["embedding_model_id"]) if "embedding_model_id" in data.files else None
+    return EmbeddingsFile(names, array, model_id or None)
+
+
+def read_embeddings_file(s3, uri: str) -> EmbeddingsFile:
+    """Frame names, the N x D float32 array and the embedding model id (None: unknown, a file
+    written before ids) of an embeddings .npz at ``uri``."""
+    bucket, key = parse_s3_uri(uri)
+    return load_embeddings_npz(io.BytesIO(get_bytes(s3, bucket, key)))
+
+
+def read_embeddings(s3, uri: str) -> tuple[list[str], np.ndarray]:
+    """(frame names, N x D float32 array) from an embeddings .npz at ``uri``; the model id
+    too: :func:`read_embeddings_file`."""
+    f = read_embeddings_file(s3, uri)
+    return f.frame_names, f.embeddings
 
 
 def embeddings_uri(cfg: PipelineConfig, vid: str, model: str) -> str:

@@ -200,13 +200,14 @@ def run_inference(
     batch_size = inf.batch_size
     threads = f" ({import_torch().get_num_threads()} threads)" if str(detector.device) == "cpu" else ""
     log.info(
-        "infer %s: %d frames, model %s on %s%s%s, batch %d, imgsz %d, embeddings %s%s",
+        "infer %s: %d frames, model %s on %s%s%s (runtime %s), batch %d, imgsz %d, embeddings %s%s",
         stem,
         total,
         detector.model_uri,
         detector.device,
         threads,
         " (fp16)" if detector.half else "",
+        getattr(detector, "runtime_name", "torch"),
         batch_size,
         detector.imgsz,
         emb_name,
@@ -283,7 +284,9 @@ def run_inference(
 
         emb_dim = detector.embedding_dim if same_pass else getattr(embedder, "embedding_dim", 0)
         embeddings = rows.finish(emb_dim)
-        uris = {emb_name: _upload_npz(s3, cfg, vid, emb_name, done_names, embeddings, tmp)}
+        model_id = getattr(embedder, "embedding_model_id", None)
+        uris = {emb_name: _upload_npz(s3, cfg, vid, emb_name, done_names, embeddings, tmp, model_id)}
+        model_ids = {emb_name: model_id}
         primary = emb_name
         ssl_losses: list[float] = []
         if ssl_embedder is not None:
@@ -295,7 +298,8 @@ def run_inference(
                 ssl_rows.append(ssl_embedder.embed_thumbnails(train[start : start + 256]))
             ssl_emb = ssl_rows.finish(ssl_embedder.embedding_dim or 0)
             primary = ssl_embedder.name
-            uris[primary] = _upload_npz(s3, cfg, vid, primary, done_names, ssl_emb, tmp)
+            model_ids[primary] = ssl_embedder.embedding_model_id
+            uris[primary] = _upload_npz(s3, cfg, vid, primary, done_names, ssl_emb, tmp, model_ids[primary])
             ssl_emb = train = None
         embeddings = thumbs = None  # release the memmaps before the folder goes
     finally:
@@ -319,8 +323,12 @@ def run_inference(
         "fps": round(done / elapsed, 3) if elapsed > 0 else 0.0,
         "elapsed_s": round(elapsed, 3),
         "embedding_model": primary,
+        "embedding_model_id": model_ids[primary],
+        "embedding_model_ids": model_ids,
         "embeddings_uri": uris[primary],
         "embeddings_uris": uris,
+        "runtime": getattr(detector, "runtime_name", "torch"),
+        "imgsz": detector.imgsz,
         "predictions_prefix": s3_uri(out_bucket, predictions.task_prefix(cfg, vid, task) + "/"),
         "datasource_root": s3_uri(out_bucket, predictions.datasource_root(cfg, vid) + "/"),
         "batch_size": detector.max_batch or batch_size,
@@ -345,9 +353,9 @@ def _device_of(detector: Detector):
     return getattr(detector, "device", "cpu")
 
 
-def _upload_npz(s3, cfg, vid, model, names, embeddings, tmp: Path) -> str:
+def _upload_npz(s3, cfg, vid, model, names, embeddings, tmp: Path, model_id: str | None) -> str:
     path = tmp / f"{model}.npz"
-    predictions.save_embeddings_npz(path, names, embeddings)
+    predictions.save_embeddings_npz(path, names, embeddings, model_id)
     uri = predictions.embeddings_uri(cfg, vid, model)
     bucket, key = parse_s3_uri(uri)
     upload(s3, path, bucket, key)

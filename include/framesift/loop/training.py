@@ -33,7 +33,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
-from framesift.inference.models import resolve_model, ultralytics_yolo
+from framesift.inference.models import FALL_MODEL_URI, resolve_model, ultralytics_yolo
 from framesift.io.model_registry import MODELS, champion, record_evaluation
 from framesift.io.s3 import exists, join_key, s3_uri
 from framesift.loop import trainset
@@ -72,7 +72,13 @@ def _base_weights(s3, db: Database, cfg: PipelineConfig, work: Path) -> tuple[st
         base = cfg.inference.model_uri  # no champion yet: what inference uses
     if base and base.endswith((".yaml", ".yml")):
         return base, None  # an architecture: random weights (nothing is downloaded)
-    return str(resolve_model(base, s3, work / "cache")), None
+    path = resolve_model(base, s3, work / "cache")
+    if path.suffix != ".pt":
+        # ultralytics trains .pt checkpoints only (the default detector is Darknet weights):
+        # start from the bundled YOLOv8 checkpoint, whose pretrained backbone transfers
+        log.info("training: %s is not an ultralytics checkpoint; starting from %s", path.name, FALL_MODEL_URI)
+        path = resolve_model(FALL_MODEL_URI, s3, work / "cache")
+    return str(path), None
 
 
 def train_model(
