@@ -16,7 +16,6 @@ retry finds the finished selection and the queue's keys prevent a second push.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from typing import Any
 
@@ -30,11 +29,12 @@ from framesift.drift.signals import CRITICAL, WARNING, FrameSet
 from framesift.inference import predictions
 from framesift.ingest import registry
 from framesift.io.layout import safe_stem
-from framesift.io.s3 import join_key, put_bytes, s3_uri
+from framesift.io.s3 import join_key
 from framesift.labeling.base import LabelingBackend, build_request
 from framesift.labeling.queue import collection as queue_collection
 from framesift.labeling.queue import push_exactly_once
-from framesift.selection.datapool import SELECTIONS, read_datapool
+from framesift.selection.batch import space_of
+from framesift.selection.datapool import SELECTIONS, read_datapool, write_datapool
 from framesift.selection.engine import select
 from framesift.selection.inputs import SelectionInputs
 from framesift.selection.spec import SelectionSpec, parse_strategy
@@ -82,13 +82,17 @@ def select_drifted(
         categories=fs.categories or None,
         scores={SCORE: np.array([scores[f] for f in fs.frame_ids])},
     )
-    pool_ids, pool_emb = read_datapool(s3, db, sid)
-    result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=spec.n_samples)
+    # the window's space: its videos' (a window spans one serving model unless it was promoted)
+    model_id = space_of(docs[0]) if docs else None
+    pool = read_datapool(s3, db, sid, model_id, int(fs.embeddings.shape[1]))
+    result = select(
+        inputs, spec, datapool_embeddings=pool.embeddings, datapool_ids=pool.ids, budget=spec.n_samples
+    )
     chosen = [int(i) for i in result.selected]
-    buf = io.BytesIO()
-    np.savez(buf, embeddings=fs.embeddings[chosen], frame_names=np.array([fs.frame_ids[i] for i in chosen]))
     key = join_key(cfg.storage.output_prefix, "selections", sid, "datapool.npz")
-    put_bytes(s3, cfg.storage.out_bucket, key, buf.getvalue(), "application/octet-stream")
+    datapool_uri = write_datapool(
+        s3, cfg.storage.out_bucket, key, [fs.frame_ids[i] for i in chosen], fs.embeddings[chosen], model_id
+    )
     by_video: dict[str, list[str]] = {}
     for i in chosen:
         vid, name = fs.frame_ids[i].split("/", 1)
@@ -115,7 +119,7 @@ def select_drifted(
             for d in docs
         ],
         "stop_reason": result.stop_reason,
-        "datapool_uri": s3_uri(cfg.storage.out_bucket, key),
+        "datapool_uri": datapool_uri,
         "created_at": registry.now(),
     }
     db[SELECTIONS].replace_one({"_id": sid}, record, upsert=True)

@@ -1,7 +1,8 @@
 """Synthetic videos for tests, the demo and benchmarks.
 
 Each frame shows a few coloured shapes of three "classes" (red boxes, blue discs, green
-triangles) moving over a textured background that drifts and changes hue over time, so
+triangles; a fourth, yellow rings, only where ``kinds`` asks for it) moving over a textured
+background that drifts and changes hue over time, so
 that frames sampled a second apart differ, while frames in an optional static segment are
 identical (to exercise near-duplicate removal).
 """
@@ -18,8 +19,14 @@ import av
 import cv2
 import numpy as np
 
-# BGR colours of the shape classes
-CLASS_COLOURS = {"box": (40, 40, 230), "disc": (230, 90, 30), "triangle": (40, 200, 60)}
+# BGR colours of the shape classes; clips use the first three unless ``kinds`` names others
+CLASS_COLOURS = {
+    "box": (40, 40, 230),
+    "disc": (230, 90, 30),
+    "triangle": (40, 200, 60),
+    "ring": (30, 210, 230),
+}
+DEFAULT_KINDS = ("box", "disc", "triangle")
 
 # codec -> pixel format it is usually stored in
 _DEFAULT_PIX_FMT = {"mjpeg": "yuvj420p", "libvpx-vp9": "yuv420p", "libx264": "yuv420p"}
@@ -130,14 +137,18 @@ class Painter:
         n_objects: int,
         rng: np.random.Generator,
         kinds: list[str] | None = None,
+        palette: tuple[float, float, float] | None = None,
     ):
+        """``palette``: per-channel (B, G, R) gains of the background only (a scene's own
+        colours; objects keep their class colours)."""
         self.width, self.height = width, height
+        self.palette = palette
         # smooth noise texture twice the frame size; each frame shows a drifting window
         noise = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1), dtype=np.uint8)
         texture = cv2.resize(noise, (2 * width, 2 * height), interpolation=cv2.INTER_CUBIC)
         self.texture = cv2.GaussianBlur(texture, (0, 0), 2)
         self._ramp = np.arange(256, dtype=np.float32)
-        kinds = list(kinds or CLASS_COLOURS)
+        kinds = list(kinds or DEFAULT_KINDS)
         self.objects = [
             {
                 "kind": kinds[i % len(kinds)],
@@ -178,6 +189,8 @@ class Painter:
         channels = []
         for k in range(3):
             gain = 0.6 + 0.4 * math.sin(phase + k * 2.1)
+            if self.palette is not None:
+                gain = min(1.0, gain * self.palette[k])
             channels.append(cv2.LUT(grey, (self._ramp * gain).astype(np.uint8)))
         image = cv2.merge(channels)
         for obj in self.objects:
@@ -191,6 +204,8 @@ class Painter:
                 )
             elif obj["kind"] == "disc":
                 cv2.circle(image, (int(cx), int(cy)), int(r), colour, -1)
+            elif obj["kind"] == "ring":
+                cv2.circle(image, (int(cx), int(cy)), int(r), colour, max(2, int(r / 3)))
             else:
                 pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], dtype=np.int32)
                 cv2.fillConvexPoly(image, pts, colour)

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,25 @@ from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
 from framesift.io.context import StageContext
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
-from framesift.selection.datapool import SELECTIONS, read_datapool, write_datapool
+from framesift.selection.datapool import SELECTIONS, Datapool, read_datapool, write_datapool
 from framesift.selection.engine import select
 from framesift.selection.inputs import DEFAULT_TASK, SelectionInputs
-from framesift.selection.result import SelectionResult
-from framesift.selection.shards import merge_shards, select_shard, shard_from_bytes, shard_to_bytes
+from framesift.selection.metrics import closest_pairs
+from framesift.selection.result import SelectionResult, combine_results
+from framesift.selection.shards import (
+    ShardResult,
+    merge_shards,
+    select_shard,
+    shard_from_bytes,
+    shard_to_bytes,
+)
 from framesift.selection.spec import SelectionSpec, parse_selection
 
 log = logging.getLogger("framesift.select")
+
+# selected pairs closer than this are reported as near-duplicates (unit-sphere distance; the
+# median step between consecutive 1-fps frames of a scene is 0.1 to 0.3 in the benchmarks)
+NEAR_DUPLICATE_DISTANCE = 0.05
 
 
 def selection_id(run_id: str, video_ids: list[str]) -> str:
@@ -136,14 +147,28 @@ def plan_selection(
         return []
     claimed = _claim(ctx, refs)
     shards: list[dict[str, Any]] = []
-    for doc in claimed:
-        frames = _frames(doc)
-        if frames == 0:
-            continue  # nothing to select from; the merge marks it not_selected
-        if not shards or shards[-1]["frames"] + frames > settings.shard_max_frames:
-            shards.append({"shard": str(len(shards)), "video_ids": [], "frames": 0, "uri": None})
-        shards[-1]["video_ids"].append(doc["_id"])
-        shards[-1]["frames"] += frames
+    for model_id, space_docs in _by_space(claimed):  # a shard never mixes embedding spaces
+        for doc in space_docs:
+            frames = _frames(doc)
+            if frames == 0:
+                continue  # nothing to select from; the merge marks it not_selected
+            last = shards[-1] if shards else None
+            if (
+                last is None
+                or last["embedding_model_id"] != model_id
+                or last["frames"] + frames > settings.shard_max_frames
+            ):
+                shards.append(
+                    {
+                        "shard": str(len(shards)),
+                        "video_ids": [],
+                        "frames": 0,
+                        "uri": None,
+                        "embedding_model_id": model_id,
+                    }
+                )
+            shards[-1]["video_ids"].append(doc["_id"])
+            shards[-1]["frames"] += frames
     db[SELECTIONS].replace_one(
         {"_id": sid},
         {
@@ -192,15 +217,17 @@ def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str
     docs = _videos(db, entry["video_ids"])
     started = time.perf_counter()
     inputs = _read_inputs(s3, cfg, docs)
-    pool_ids, pool_emb = read_datapool(s3, db, selection_id)
+    pool = _space_datapool(
+        StageContext(s3, db, cfg, plan["run_id"]), selection_id, entry.get("embedding_model_id"), inputs
+    )
     result = select_shard(
         inputs,
-        Batch(selection_id, docs, settings).spec(cfg, len(pool_ids)),
+        Batch(selection_id, docs, settings).spec(cfg, len(pool.ids)),
         total_frames=plan["n_input"],
         oversample=settings.shard_oversample,
         shard_id=shard,
-        datapool_embeddings=pool_emb,
-        datapool_ids=pool_ids,
+        datapool_embeddings=pool.embeddings,
+        datapool_ids=pool.ids,
     )
     key = join_key(cfg.storage.output_prefix, "selections", selection_id, "shards", f"{shard}.npz")
     put_bytes(s3, cfg.storage.out_bucket, key, shard_to_bytes(result), "application/octet-stream")
@@ -286,9 +313,62 @@ def _read_inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> Selecti
     )
 
 
+def space_of(doc: dict[str, Any]) -> str | None:
+    """The embedding space a video's embeddings live in (None: written before ids)."""
+    return (doc.get("inference") or {}).get("embedding_model_id")
+
+
+def _by_space(docs: list[dict[str, Any]]) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for doc in docs:
+        groups.setdefault(space_of(doc), []).append(doc)
+    return list(groups.items())
+
+
+def split_budget(budget: int, sizes: list[int]) -> list[int]:
+    """``budget`` split in proportion to ``sizes`` (largest remainders), none over its size."""
+    total = sum(sizes)
+    if not total:
+        return [0] * len(sizes)
+    shares = [budget * s / total for s in sizes]
+    out = [min(int(sh), s) for sh, s in zip(shares, sizes, strict=True)]
+    for i in sorted(range(len(sizes)), key=lambda i: out[i] - shares[i]):
+        if sum(out) >= budget:
+            break
+        if out[i] < sizes[i]:
+            out[i] += 1
+    return out
+
+
+@dataclass
+class SpacePart:
+    """One embedding space's share of a batch's selection."""
+
+    model_id: str | None
+    docs: list[dict[str, Any]]
+    inputs: SelectionInputs
+    result: SelectionResult
+    datapool: Datapool
+
+
+def _space_datapool(ctx: StageContext, sid: str, model_id: str | None, inputs: SelectionInputs) -> Datapool:
+    dim = None if inputs.embeddings is None else int(inputs.embeddings.shape[1])
+    pool = read_datapool(ctx.s3, ctx.db, sid, model_id, dim)
+    if pool.other_space:
+        log.info(
+            "selection %s: %d datapool frame(s) embedded by another model left out of the distances "
+            "(space %s; their ids are still never selected again)",
+            sid,
+            pool.other_space,
+            model_id,
+        )
+    return pool
+
+
 def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
-    inputs = _read_inputs(ctx.s3, ctx.cfg, batch.docs)
-    if not inputs.n:
+    groups = [(mid, docs, _read_inputs(ctx.s3, ctx.cfg, docs)) for mid, docs in _by_space(batch.docs)]
+    n_input = sum(inputs.n for _, _, inputs in groups)
+    if not n_input:
         for doc in batch.docs:
             registry.mark(
                 ctx.db,
@@ -299,24 +379,41 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
                 selected_frames=[],
             )
         return {"_id": batch.sid, "state": "empty", "selected": [], "videos": []}
-
-    pool_ids, pool_emb = read_datapool(ctx.s3, ctx.db, batch.sid)
-    spec = batch.spec(ctx.cfg, len(pool_ids))
+    if len(groups) > 1:
+        log.warning(
+            "selection %s: the videos are embedded by %d models (%s): each space is selected apart, "
+            "the budget split by frames; distances never cross spaces",
+            batch.sid,
+            len(groups),
+            ", ".join(str(mid) for mid, _, _ in groups),
+        )
+    pools = [_space_datapool(ctx, batch.sid, mid, inputs) for mid, _, inputs in groups]
+    spec = batch.spec(ctx.cfg, len(pools[0].ids))
     n_samples = batch.settings.n_samples
-    if n_samples and n_samples > inputs.n:
+    if n_samples and n_samples > n_input:
         # a small batch is not a config error: take everything it has
         log.warning(
-            "selection %s: n_samples %d > %d input frames; selecting all", batch.sid, n_samples, inputs.n
+            "selection %s: n_samples %d > %d input frames; selecting all", batch.sid, n_samples, n_input
         )
-        budget = inputs.n
+        budget = n_input
     else:
-        budget = spec.budget(inputs.n)
-    result = select(inputs, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids, budget=budget)
-    return _finish(ctx, batch, inputs, result)
+        budget = spec.budget(n_input)
+    budgets = split_budget(budget, [inputs.n for _, _, inputs in groups])
+    parts = [
+        SpacePart(
+            mid,
+            docs,
+            inputs,
+            select(inputs, spec, datapool_embeddings=pool.embeddings, datapool_ids=pool.ids, budget=b),
+            pool,
+        )
+        for (mid, docs, inputs), pool, b in zip(groups, pools, budgets, strict=True)
+    ]
+    return _finish(ctx, batch, parts, budget)
 
 
 def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
-    """The second greedy pass over the shards' winners (distributed greedy)."""
+    """The second greedy pass over the shards' winners (distributed greedy), per space."""
     docs = _videos(ctx.db, plan["video_ids"])
     try:
         batch = Batch(plan["_id"], docs, _plan_settings(plan))
@@ -326,16 +423,38 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
                 f"shard(s) {', '.join(missing)} of {len(plan['shards'])} have no result: their "
                 "select_shard task failed (see its log); the next run selects these videos again"
             )
-        shards = [shard_from_bytes(get_bytes(ctx.s3, *parse_s3_uri(sh["uri"]))) for sh in plan["shards"]]
-        pool_ids, pool_emb = read_datapool(ctx.s3, ctx.db, batch.sid)
-        spec = batch.spec(ctx.cfg, len(pool_ids))
-        result = merge_shards(shards, spec, datapool_embeddings=pool_emb, datapool_ids=pool_ids)
-        union = SelectionInputs.concat([sh.winners for sh in shards])
+        by_space: dict[str | None, list[tuple[dict[str, Any], ShardResult]]] = {}
+        for sh in plan["shards"]:
+            shard = shard_from_bytes(get_bytes(ctx.s3, *parse_s3_uri(sh["uri"])))
+            by_space.setdefault(sh.get("embedding_model_id"), []).append((sh, shard))
+        doc_of = {d["_id"]: d for d in docs}
+        unions = {
+            mid: SelectionInputs.concat([shard.winners for _, shard in items])
+            for mid, items in by_space.items()
+        }
+        pools = {mid: _space_datapool(ctx, batch.sid, mid, unions[mid]) for mid in by_space}
+        spec = batch.spec(ctx.cfg, len(next(iter(pools.values())).ids))
+        total = sum(s.result.counts["input"] for items in by_space.values() for _, s in items)
+        sizes = [sum(s.result.counts["input"] for _, s in items) for items in by_space.values()]
+        parts = []
+        for (mid, items), k in zip(by_space.items(), split_budget(spec.budget(total), sizes), strict=True):
+            result = merge_shards(
+                [s for _, s in items],
+                spec,
+                datapool_embeddings=pools[mid].embeddings,
+                datapool_ids=pools[mid].ids,
+                budget=k,
+            )
+            space_docs = [doc_of[v] for sh, _ in items for v in sh["video_ids"] if v in doc_of]
+            parts.append(SpacePart(mid, space_docs, unions[mid], result, pools[mid]))
         shard_rows = [
-            {k: sh.get(k) for k in ("shard", "video_ids", "frames", "winners", "seconds", "uri")}
+            {
+                k: sh.get(k)
+                for k in ("shard", "video_ids", "frames", "winners", "seconds", "uri", "embedding_model_id")
+            }
             for sh in plan["shards"]
         ]
-        return _finish(ctx, batch, union, result, shards=shard_rows)
+        return _finish(ctx, batch, parts, spec.budget(total), shards=shard_rows)
     except Exception as exc:
         _fail(ctx, docs, exc)
         raise
@@ -344,21 +463,48 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
 def _finish(
     ctx: StageContext,
     batch: Batch,
-    inputs: SelectionInputs,
-    result: SelectionResult,
+    parts: list[SpacePart],
+    budget: int,
     shards: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Report and datapool file to S3, the ``selections`` record, each video's status."""
+    """Report and datapool files to S3, the ``selections`` record, each video's status."""
     prefix = join_key(ctx.cfg.storage.output_prefix, "selections", batch.sid)
-    report_uri = _write_report(ctx, batch, inputs, result, prefix, shards)
-    datapool_uri = write_datapool(
-        ctx.s3, ctx.cfg.storage.out_bucket, join_key(prefix, "datapool.npz"), inputs, result
+    bucket = ctx.cfg.storage.out_bucket
+    offsets = np.cumsum([0] + [p.inputs.n for p in parts[:-1]]).tolist()
+    result = combine_results([(p.result, off) for p, off in zip(parts, offsets, strict=True)], budget)
+    # one space: the report's plots show it; several: no plot mixes them
+    inputs = (
+        parts[0].inputs
+        if len(parts) == 1
+        else SelectionInputs.concat([replace(p.inputs, embeddings=None) for p in parts])
     )
+    spaces = []
+    datapool_uris = []
+    for i, p in enumerate(parts):
+        names = list(p.result.selected_names)
+        if names:
+            key = join_key(prefix, "datapool.npz" if len(parts) == 1 else f"datapool-{i}.npz")
+            emb = p.inputs.embeddings[p.result.selected]
+            datapool_uris.append(write_datapool(ctx.s3, bucket, key, names, emb, p.model_id))
+        spaces.append(
+            {
+                "embedding_model_id": p.model_id,
+                "videos": len(p.docs),
+                "frames": p.inputs.n,
+                "budget": int(p.result.budget),
+                "selected": len(names),
+                "datapool_frames": 0 if p.datapool.embeddings is None else int(len(p.datapool.embeddings)),
+                "datapool_other_space": p.datapool.other_space,
+                "redundancy": closest_pairs(p.inputs.embeddings, p.result.selected, NEAR_DUPLICATE_DISTANCE),
+            }
+        )
+    report_uri = _write_report(ctx, batch, inputs, result, prefix, shards, _report_notes(spaces))
     by_video: dict[str, list[str]] = {}
     for name in result.selected_names:
         vid, frame = name.split("/", 1)
         by_video.setdefault(vid, []).append(frame)
     values = result.to_dict()
+    biggest = max(parts, key=lambda p: p.inputs.n)
     record = {
         "_id": batch.sid,
         "run_id": ctx.run_id,
@@ -380,9 +526,11 @@ def _finish(
         "balance": values["balance"],
         "timings": values["timings"],
         "shards": shards,
-        "embedding_2d": _scatter_points(inputs.embeddings, result.selected),
+        "embedding_spaces": spaces,
+        "embedding_2d": _scatter_points(biggest.inputs.embeddings, biggest.result.selected),
         "report_uri": report_uri,
-        "datapool_uri": datapool_uri,
+        "datapool_uris": datapool_uris,  # one file per embedding space
+        "datapool_uri": datapool_uris[0] if datapool_uris else None,
         "created_at": registry.now(),
     }
     ctx.db[SELECTIONS].replace_one({"_id": batch.sid}, record, upsert=True)
@@ -404,7 +552,31 @@ def _finish(
     return record
 
 
-def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards) -> str:
+def _report_notes(spaces: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    if len(spaces) > 1:
+        notes.append(
+            f"The videos are embedded by {len(spaces)} models: each embedding space was selected apart, the "
+            "budget split by frames ("
+            + ", ".join(f"{s['embedding_model_id']}: {s['selected']} of {s['frames']}" for s in spaces)
+            + ")."
+        )
+    for s in spaces:
+        if s["datapool_other_space"]:
+            notes.append(
+                f"Datapool: {s['datapool_other_space']} frame(s) embedded by another model were left out of the "
+                f"distances (their ids are still never selected again); {s['datapool_frames']} in this space count."
+            )
+        r = s["redundancy"]
+        if r["closest"] is not None:
+            notes.append(
+                f"Redundancy: the closest pair of selected frames is {r['closest'][2]:.3f} apart; "
+                f"{r['pairs_below']} pair(s) closer than {r['below']}."
+            )
+    return notes
+
+
+def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards, notes: list[str]) -> str:
     """The HTML report (with its plots and example frames) under ``<prefix>/report/``."""
     from framesift.selection.report import build_report  # matplotlib loads only here
 
@@ -414,7 +586,7 @@ def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards) -> str
     bucket = ctx.cfg.storage.out_bucket
     with tempfile.TemporaryDirectory() as tmp:
         images = _example_images(ctx.s3, batch.docs, result.selected_names[:8])
-        index = build_report(result, inputs, Path(tmp) / "report", images=images, title=title)
+        index = build_report(result, inputs, Path(tmp) / "report", images=images, title=title, notes=notes)
         for path in sorted(index.parent.rglob("*")):
             if path.is_file():
                 rel = path.relative_to(index.parent).as_posix()
@@ -425,10 +597,12 @@ def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards) -> str
     return s3_uri(bucket, join_key(prefix, "report", "index.html"))
 
 
-def _scatter_points(embeddings: np.ndarray, selected, max_points: int = 2000) -> dict[str, Any]:
+def _scatter_points(embeddings: np.ndarray | None, selected, max_points: int = 2000) -> dict[str, Any]:
     """A 2-D projection of (a sample of) the frames, selected ones apart, for tracking plots."""
     from framesift.selection.report import project_2d  # matplotlib loads only here
 
+    if embeddings is None or not len(embeddings):
+        return {"method": None, "input": [], "selected": []}
     rng = np.random.default_rng(0)
     chosen = set(int(i) for i in selected)
     others = np.array([i for i in range(len(embeddings)) if i not in chosen], dtype=int)

@@ -19,3 +19,21 @@ def coverage(embeddings: np.ndarray, selected: Sequence[int] | np.ndarray) -> fl
     for a in range(0, len(sel), 256):
         min_distance_to(x, x[sel[a : a + 256]], d)
     return float(d.mean(dtype=np.float64))
+
+
+def closest_pairs(embeddings: np.ndarray, selected: Sequence[int] | np.ndarray, below: float) -> dict:
+    """Redundancy of a selection: the closest pair of selected frames (positions into
+    ``selected`` and their distance) and how many pairs are closer than ``below``."""
+    sel = np.asarray(selected, dtype=np.int64)
+    if len(sel) < 2:
+        return {"closest": None, "pairs_below": 0, "below": below}
+    x = np.asarray(embeddings, dtype=np.float32)[sel].astype(np.float64)
+    d = np.sqrt(np.maximum(2.0 - 2.0 * (x @ x.T), 0.0))
+    upper = np.triu_indices(len(sel), 1)
+    pair = int(np.argmin(d[upper]))
+    i, j = int(upper[0][pair]), int(upper[1][pair])
+    return {
+        "closest": [i, j, round(float(d[i, j]), 5)],
+        "pairs_below": int((d[upper] < below).sum()),
+        "below": below,
+    }

@@ -67,7 +67,9 @@ class Regime:
     def describe(self) -> str:
         c, n = self.cold_start_labels, self.labeled
         if self.name == COLD_START:
-            return f"regime: cold start, {n} labeled frames < {c} (diversity x typicality {self.typicality:g})"
+            return (
+                f"regime: cold start, {n} labeled frames < {c} (diversity x typicality {self.typicality:g})"
+            )
         if self.name == WARMING:
             return (
                 f"regime: warming up, {n} labeled frames (diversity x typicality {self.typicality:.2f}"

@@ -56,11 +56,13 @@ def build_report(
     max_points: int = MAX_POINTS,
     max_examples: int = MAX_EXAMPLES,
     seed: int = 0,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write the report into ``out_dir`` (created if missing); return the index.html path.
 
     ``images``: frame name -> H x W x 3 uint8 pixels of (some of) the selected frames,
-    drawn with their predicted boxes.
+    drawn with their predicted boxes. ``notes``: lines shown under the summary (embedding
+    spaces, datapool frames left out, redundancy).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +80,7 @@ def build_report(
     examples = _examples(result, inputs, images or {}, out / "examples", max_examples)
 
     (out / "selection.json").write_text(json.dumps(result.to_dict(), indent=1))
-    (out / "index.html").write_text(_html(result, inputs, title, plots, examples))
+    (out / "index.html").write_text(_html(result, inputs, title, plots, examples, notes or []))
     return out / "index.html"
 
 
@@ -349,7 +351,7 @@ def _objective_table(result: SelectionResult) -> str:
     return f"<table><tr><th>#</th><th class='l'>frame</th><th class='l'></th>{head}</tr>{''.join(body)}</table>{more}"
 
 
-def _html(result, inputs, title, plots, examples) -> str:
+def _html(result, inputs, title, plots, examples, notes) -> str:
     t = result.timings
     strategies = (result.spec or {}).get("strategies", [])
     strat_rows = "".join(
@@ -379,6 +381,7 @@ def _html(result, inputs, title, plots, examples) -> str:
 <h1>{_esc(title)}</h1>
 <p>Selected <b>{len(result.selected):,}</b> of {inputs.n:,} frames (budget {result.budget:,}); stopped: <b>{_esc(result.stop_reason)}</b>;
 selection took {t.get("total_s", 0.0):.2f} s.</p>
+{"".join(f"<p>{_esc(n)}</p>" for n in notes)}
 <h2>Sizes</h2>
 {_sizes_table(result)}
 <p class="muted">Duplicate: frames already in the datapool, exact copies and near-copies of datapool frames.

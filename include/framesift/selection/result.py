@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,3 +66,44 @@ class SelectionResult:
             "merged_from": None if self.merged_from is None else [list(m) for m in self.merged_from],
             "spec": self.spec,
         }
+
+
+def combine_results(parts: Sequence[tuple[SelectionResult, int]], budget: int) -> SelectionResult:
+    """One result from selections run apart on consecutive slices of one input list (one
+    per embedding space): ``parts`` holds each result and the offset of its slice.
+
+    Picks, anchors and objective values are concatenated (indices shifted by the offsets),
+    counts and the sizes table summed (Video columns too: the slices share no video), the
+    stop reason is ``budget`` only when every part stopped on its budget."""
+    if len(parts) == 1 and parts[0][1] == 0:
+        return parts[0][0]
+    results = [r for r, _ in parts]
+    first = results[0]
+    reasons = sorted({r.stop_reason for r in results})
+    counts: dict[str, int] = {}
+    for r in results:
+        for key, value in r.counts.items():
+            counts[key] = counts.get(key, 0) + int(value)
+    sizes = {
+        row: {col: sum(int(r.sizes[row][col]) for r in results) for col in first.sizes[row]}
+        for row in first.sizes
+    }
+    timings: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + float(value)
+    return SelectionResult(
+        selected=np.concatenate([np.asarray(r.selected, dtype=np.int64) + off for r, off in parts]),
+        selected_names=[n for r in results for n in r.selected_names],
+        anchor=np.concatenate([np.asarray(r.anchor, dtype=bool) for r in results]),
+        objective_names=list(first.objective_names),
+        objective_values=np.concatenate([r.objective_values for r in results]),
+        raw_values=np.concatenate([r.raw_values for r in results]),
+        stop_reason=reasons[0] if len(reasons) == 1 else "+".join(reasons),
+        budget=budget,
+        timings=timings,
+        counts=counts,
+        sizes=sizes,
+        balance=list(max(results, key=lambda r: r.counts.get("input", 0)).balance),
+        spec=first.spec,
+    )

@@ -188,8 +188,10 @@ def merge_shards(
     datapool_ids: Iterable[str] | None = None,
     selected_sequence_length: int | None = None,
     refresh_every: int = REFRESH_EVERY,
+    budget: int | None = None,
 ) -> SelectionResult:
-    """Second greedy pass over the union of the shards' winners, budget k of the whole.
+    """Second greedy pass over the union of the shards' winners, budget k of the whole
+    (``budget``: another k, e.g. this embedding space's share of the whole's).
 
     The sizes table adds up the shards' Input / Corrupt / Duplicate / Removed rows;
     ``merged_from`` says for each selected frame which shard and which of its frames.
@@ -198,7 +200,7 @@ def merge_shards(
         raise ValueError("no shards to merge")
     union = SelectionInputs.concat([s.winners for s in shards])
     total = sum(s.result.counts["input"] for s in shards)
-    k = spec.budget(total)
+    k = spec.budget(total) if budget is None else budget
     totals: dict[int, dict[str, float]] = {}
     for s in shards:
         for idx, t in s.input_totals.items():

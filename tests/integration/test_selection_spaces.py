@@ -1,0 +1,107 @@
+"""One embedding space at a time: the selection stage against the real Mongo and S3 on
+loopback, with videos and datapool entries embedded by different models."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from framesift.inference import predictions as lp
+from framesift.ingest import registry
+from framesift.ingest.registry import VideoRef
+from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
+from framesift.selection.batch import select_batch, split_budget
+from framesift.selection.datapool import read_datapool
+
+pytestmark = pytest.mark.slow
+TASK = "object-detection"
+
+
+def _video(s3, db, cfg, vid: str, emb: np.ndarray, model_id: str | None) -> VideoRef:
+    """An inferred video: frames, predictions (none) and embeddings of one model in S3."""
+    names = [f"{vid}-{i:03d}-mp4.png" for i in range(len(emb))]
+    frames_key = join_key(cfg.storage.output_prefix, "videos", vid, "frames")
+    ok, png = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))
+    for n in names:
+        put_bytes(s3, cfg.storage.out_bucket, join_key(frames_key, n), png.tobytes(), "image/png")
+    uri = lp.embeddings_uri(cfg, vid, "detector")
+    lp.write_embeddings(s3, uri, names, emb.astype(np.float32), model_id)
+    lp.write_schema(s3, cfg, vid, TASK, lp.make_schema({0: "car", 1: "person"}))
+    lp.write_tasks(s3, cfg, vid, TASK)
+    for n in names:
+        lp.write_prediction(s3, cfg, vid, TASK, lp.prediction_record(n, []))
+    ref = VideoRef(video_id=vid, bucket=cfg.storage.bucket, key=f"videos/{vid}.mp4", etag=f"e-{vid}", size=1)
+    db.videos.insert_one(
+        {
+            "_id": vid,
+            "key": ref.key,
+            "status": registry.INFERRED,
+            "attempts": 0,
+            "history": [],
+            "frames_prefix": s3_uri(cfg.storage.out_bucket, frames_key),
+            "inference": {
+                "frames": len(names),
+                "task_name": TASK,
+                "embeddings_uri": uri,
+                "embedding_model_id": model_id,
+            },
+        }
+    )
+    return ref
+
+
+def _unit(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_split_budget_follows_the_frames():
+    assert split_budget(10, [60, 40]) == [6, 4]
+    assert split_budget(3, [1, 1, 1, 1]) in ([1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1])
+    assert split_budget(10, [2, 30]) == [2, 8] or split_budget(10, [2, 30]) == [1, 9]
+    assert sum(split_budget(7, [5, 5, 5])) == 7 and split_budget(5, [0, 0]) == [0, 0]
+
+
+def test_videos_of_two_models_are_selected_apart_and_the_datapool_keeps_its_space(s3, db, isolated):
+    rng = np.random.default_rng(0)
+    cfg = isolated.model_copy(deep=True)
+    cfg.selection.n_samples = 6
+    # a promotion between two uploads: the second video is embedded by another model, in
+    # another dimension too (distances across them would be meaningless, or a crash)
+    refs = [
+        _video(s3, db, cfg, "va", _unit(rng, 20, 8), "model-a"),
+        _video(s3, db, cfg, "vb", _unit(rng, 10, 16), "model-b"),
+    ]
+    rec = select_batch(s3, db, cfg, refs, run_id="r1")
+    spaces = {s["embedding_model_id"]: s for s in rec["embedding_spaces"]}
+    assert set(spaces) == {"model-a", "model-b"}
+    assert (spaces["model-a"]["budget"], spaces["model-b"]["budget"]) == (4, 2)  # 20 and 10 frames
+    assert len(rec["selected"]) == 6 and len(rec["datapool_uris"]) == 2
+    ids = {lp.read_embeddings_file(s3, u).model_id for u in rec["datapool_uris"]}
+    assert ids == {"model-a", "model-b"}
+    report = get_bytes(s3, *parse_s3_uri(rec["report_uri"])).decode()
+    assert "embedded by 2 models" in report and "selected apart" in report
+
+    # the next batch is all in model b's space: model a's datapool frames are left out of
+    # its distances (counted), and no frame selected before is selected again
+    cfg.selection.n_samples = 4
+    refs2 = [_video(s3, db, cfg, "vc", _unit(rng, 12, 16), "model-b")]
+    pool = read_datapool(s3, db, "none", "model-b", 16)
+    assert len(pool.ids) == 6 and len(pool.embeddings) == 2 and pool.other_space == 4
+    rec2 = select_batch(s3, db, cfg, refs2, run_id="r2")
+    (space,) = rec2["embedding_spaces"]
+    assert space["datapool_frames"] == 2 and space["datapool_other_space"] == 4
+    assert "left out of the distances" in get_bytes(s3, *parse_s3_uri(rec2["report_uri"])).decode()
+    assert not set(rec2["selected"]) & set(rec["selected"])
+
+
+def test_files_written_before_ids_form_their_own_space(s3, db, isolated):
+    rng = np.random.default_rng(1)
+    cfg = isolated.model_copy(deep=True)
+    cfg.selection.n_samples = 3
+    old = select_batch(s3, db, cfg, [_video(s3, db, cfg, "old", _unit(rng, 9, 8), None)], run_id="r1")
+    assert [s["embedding_model_id"] for s in old["embedding_spaces"]] == [None]
+    # a later video without an id but of another dimension: the old entries do not count
+    rec = select_batch(s3, db, cfg, [_video(s3, db, cfg, "new", _unit(rng, 9, 16), None)], run_id="r2")
+    assert rec["embedding_spaces"][0]["datapool_other_space"] == 3
