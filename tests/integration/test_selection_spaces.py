@@ -105,3 +105,66 @@ def test_files_written_before_ids_form_their_own_space(s3, db, isolated):
     # a later video without an id but of another dimension: the old entries do not count
     rec = select_batch(s3, db, cfg, [_video(s3, db, cfg, "new", _unit(rng, 9, 16), None)], run_id="r2")
     assert rec["embedding_spaces"][0]["datapool_other_space"] == 3
+
+
+# --- what the config accepts, the pipeline feeds ---------------------------------------------
+
+
+def test_unsupported_inputs_fail_before_any_claim(s3, db, isolated):
+    cfg = isolated.model_copy(deep=True)
+    ref = _video(s3, db, cfg, "vu", _unit(np.random.default_rng(2), 6, 8), "m")
+    cases = [
+        ({"input": {"type": "EMBEDDINGS", "dataset_id": "ds", "tag_name": "t"}, "strategy": {"type": "SIMILARITY"}},
+         r"strategies\[1\]\.input\.dataset_id: names a Lightly cloud dataset"),
+        ({"input": {"type": "METADATA", "key": "weather"}, "strategy": {"type": "WEIGHTS"}},
+         r"strategies\[1\]\.input\.key: no metadata 'weather' in the pipeline"),
+    ]  # fmt: skip
+    for strategy, message in cases:
+        over = {
+            "n_samples": 2,
+            "strategies": [{"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}, strategy],
+        }
+        with pytest.raises(ValueError, match=message):
+            select_batch(s3, db, cfg, [ref], run_id="r-bad", overrides=over)
+        assert db.videos.find_one({"_id": "vu"})["status"] == registry.INFERRED  # nothing claimed
+
+
+def test_similarity_query_sets_come_from_labeled_frames_and_tags(s3, db, isolated):
+    cfg = isolated.model_copy(deep=True)
+    cfg.selection.n_samples = 2
+    # first run: two frames of a video picked (they become the datapool); one is labeled person
+    angles = np.radians([0, 90, 180, 270])
+    emb = np.c_[np.cos(angles), np.sin(angles)]
+    first = select_batch(s3, db, cfg, [_video(s3, db, cfg, "v1", emb, "m")], run_id="r1")
+    person, other = first["selected"]
+    db.labels.insert_one({"_id": person, "boxes": [{"class_name": "person", "bbox": [0, 0, 2, 2]}]})
+    db.labels.insert_one({"_id": other, "boxes": [{"class_name": "car", "bbox": [0, 0, 2, 2]}]})
+    p = lp.read_embeddings_file(s3, first["datapool_uris"][0])
+    target = p.embeddings[p.frame_names.index(person)]
+    # second run: frames near each labeled frame; "similar to person" takes the ones near it
+    near = np.stack([target + d for d in (0.05, -0.05)] + [-target + d for d in (0.05, -0.05)])
+    ref2 = _video(s3, db, cfg, "v2", near / np.linalg.norm(near, axis=1, keepdims=True), "m")
+    sim = {"input": {"type": "EMBEDDINGS", "tag_name": "class:person"}, "strategy": {"type": "SIMILARITY"}}
+    rec = select_batch(s3, db, cfg, [ref2], run_id="r2", overrides={"strategies": [sim]})
+    assert sorted(rec["selected"]) == ["v2/v2-000-mp4.png", "v2/v2-001-mp4.png"]
+    # a tag nobody used yet is an error that names it
+    cfg.selection.n_samples = 1
+    ref3 = _video(s3, db, cfg, "v3", near[:2] / np.linalg.norm(near[:2], axis=1, keepdims=True), "m")
+    tagged = {"input": {"type": "EMBEDDINGS", "tag_name": "drift"}, "strategy": {"type": "SIMILARITY"}}
+    with pytest.raises(
+        ValueError, match=r"tag_name: no query frames: no frame of a selection tagged 'drift'"
+    ):
+        select_batch(s3, db, cfg, [ref3], run_id="r3", overrides={"strategies": [tagged]})
+
+
+def test_metadata_strategies_read_what_the_pipeline_records(s3, db, isolated):
+    cfg = isolated.model_copy(deep=True)
+    rng = np.random.default_rng(4)
+    refs = [_video(s3, db, cfg, f"m{i}", _unit(rng, 10 if i == 0 else 2, 8), "m") for i in range(3)]
+    # balance over videos: one frame from each, although most frames are the first video's
+    bal = {
+        "input": {"type": "METADATA", "key": "video"},
+        "strategy": {"type": "BALANCE", "distribution": "UNIFORM"},
+    }
+    rec = select_batch(s3, db, cfg, refs, run_id="r1", overrides={"n_samples": 3, "strategies": [bal]})
+    assert sorted(v["frames"] for v in rec["videos"]) == [1, 1, 1]

@@ -41,13 +41,13 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
 from framesift.config.schema import PipelineConfig
+from framesift.io.labels import LABELS
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
 from framesift.labeling import queue as lq
 from framesift.labeling.base import DONE, LabelingBackend, image_size
 
 log = logging.getLogger("framesift.trainset")
 
-LABELS = "labels"
 TRAINSETS = "trainsets"
 WRITING, COMPLETE = "writing", "complete"
 

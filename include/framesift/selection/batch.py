@@ -29,6 +29,7 @@ from framesift.inference.predictions import load_video_outputs
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
 from framesift.io.context import StageContext
+from framesift.io.labels import frames_with_class
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
 from framesift.selection.datapool import SELECTIONS, Datapool, read_datapool, write_datapool
 from framesift.selection.engine import select
@@ -42,7 +43,7 @@ from framesift.selection.shards import (
     shard_from_bytes,
     shard_to_bytes,
 )
-from framesift.selection.spec import SelectionSpec, parse_selection
+from framesift.selection.spec import InputType, SelectionSpec, StrategyType, parse_selection, strategy_error
 
 log = logging.getLogger("framesift.select")
 
@@ -72,7 +73,7 @@ class Batch:
 def _run_settings(cfg: PipelineConfig, overrides: dict[str, Any] | None) -> SelectionConfig:
     """The config's selection settings with the run's overrides (a bad one fails here)."""
     settings = cfg.selection.model_copy(update=overrides or {})
-    parse_selection(settings, cfg.important_classes)
+    check_supported(parse_selection(settings, cfg.important_classes))
     return settings
 
 
@@ -217,12 +218,13 @@ def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str
     docs = _videos(db, entry["video_ids"])
     started = time.perf_counter()
     inputs = _read_inputs(s3, cfg, docs)
-    pool = _space_datapool(
-        StageContext(s3, db, cfg, plan["run_id"]), selection_id, entry.get("embedding_model_id"), inputs
-    )
+    ctx = StageContext(s3, db, cfg, plan["run_id"])
+    pool = _space_datapool(ctx, selection_id, entry.get("embedding_model_id"), inputs)
+    spec = Batch(selection_id, docs, settings).spec(cfg, len(pool.ids))
+    inputs.query_sets = _query_sets(ctx, spec, pool)
     result = select_shard(
         inputs,
-        Batch(selection_id, docs, settings).spec(cfg, len(pool.ids)),
+        spec,
         total_frames=plan["n_input"],
         oversample=settings.shard_oversample,
         shard_id=shard,
@@ -365,6 +367,63 @@ def _space_datapool(ctx: StageContext, sid: str, model_id: str | None, inputs: S
     return pool
 
 
+# metadata keys the pipeline feeds a METADATA strategy (with or without the "lightly." prefix)
+PIPELINE_METADATA = ("video", "frame_index")
+
+
+def check_supported(spec: SelectionSpec) -> None:
+    """Refuse, before anything is claimed, what the config accepts but the pipeline cannot
+    feed: Lightly cloud datasets as SIMILARITY query sets, metadata nobody computes."""
+    for i, e in enumerate(spec.strategies):
+        if e.strategy.type is StrategyType.SIMILARITY and e.input.dataset_id is not None:
+            raise strategy_error(
+                i,
+                "input",
+                "dataset_id",
+                "names a Lightly cloud dataset, which framesift cannot read; query sets are tag_name "
+                "'class:<name>' (labeled frames of a class), tag_name '<selection tag>' (e.g. 'drift'), "
+                "query_frames or query_embeddings",
+            )
+        if (
+            e.input.type is InputType.METADATA
+            and e.input.key.removeprefix("lightly.") not in PIPELINE_METADATA
+        ):
+            raise strategy_error(
+                i,
+                "input",
+                "key",
+                f"no metadata {e.input.key!r} in the pipeline; it has {', '.join(PIPELINE_METADATA)}",
+            )
+
+
+def _query_sets(ctx: StageContext, spec: SelectionSpec, pool: Datapool) -> dict[str, np.ndarray]:
+    """SIMILARITY query sets named by ``tag_name``, from this space's datapool: ``class:<name>``
+    the labeled frames with a box of that class, any other tag the frames of selections so
+    tagged (e.g. ``drift``)."""
+    sets: dict[str, np.ndarray] = {}
+    for i, e in enumerate(spec.strategies):
+        tag = e.input.tag_name
+        if e.strategy.type is not StrategyType.SIMILARITY or tag is None:
+            continue
+        if tag.startswith("class:"):
+            wanted = set(frames_with_class(ctx.db, tag.removeprefix("class:")))
+            what = f"labeled frame with class {tag.removeprefix('class:')!r}"
+        else:
+            wanted = {
+                f
+                for d in ctx.db[SELECTIONS].find({"tags": tag}, {"selected": 1})
+                for f in d.get("selected", [])
+            }
+            what = f"frame of a selection tagged {tag!r}"
+        rows = [r for r, f in enumerate(pool.space_ids or []) if f in wanted]
+        if not rows:
+            raise strategy_error(
+                i, "input", "tag_name", f"no query frames: no {what} in this embedding space yet"
+            )
+        sets[tag] = pool.embeddings[rows]
+    return sets
+
+
 def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
     groups = [(mid, docs, _read_inputs(ctx.s3, ctx.cfg, docs)) for mid, docs in _by_space(batch.docs)]
     n_input = sum(inputs.n for _, _, inputs in groups)
@@ -389,6 +448,8 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
         )
     pools = [_space_datapool(ctx, batch.sid, mid, inputs) for mid, _, inputs in groups]
     spec = batch.spec(ctx.cfg, len(pools[0].ids))
+    for (_, _, inputs), pool in zip(groups, pools, strict=True):
+        inputs.query_sets = _query_sets(ctx, spec, pool)
     n_samples = batch.settings.n_samples
     if n_samples and n_samples > n_input:
         # a small batch is not a config error: take everything it has
@@ -434,6 +495,8 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
         }
         pools = {mid: _space_datapool(ctx, batch.sid, mid, unions[mid]) for mid in by_space}
         spec = batch.spec(ctx.cfg, len(next(iter(pools.values())).ids))
+        for mid, union in unions.items():
+            union.query_sets = _query_sets(ctx, spec, pools[mid])
         total = sum(s.result.counts["input"] for items in by_space.values() for _, s in items)
         sizes = [sum(s.result.counts["input"] for _, s in items) for items in by_space.values()]
         parts = []

@@ -30,6 +30,7 @@ class Datapool:
     ids: list[str]
     embeddings: np.ndarray | None
     other_space: int = 0
+    space_ids: list[str] | None = None  # the frame ids of ``embeddings``, row by row
 
 
 def read_datapool(s3, db: Database, exclude: str, model_id: str | None, dim: int | None = None) -> Datapool:
@@ -37,6 +38,7 @@ def read_datapool(s3, db: Database, exclude: str, model_id: str | None, dim: int
     (None: files without an id, read only when their dimension is ``dim``)."""
     ids: list[str] = []
     arrays: list[np.ndarray] = []
+    space_ids: list[str] = []
     other = 0
     query = {
         "_id": {"$ne": exclude},
@@ -49,9 +51,10 @@ def read_datapool(s3, db: Database, exclude: str, model_id: str | None, dim: int
             same = f.model_id == model_id and (dim is None or f.embeddings.shape[1] == dim)
             if same:
                 arrays.append(f.embeddings)
+                space_ids += f.frame_names
             else:
                 other += len(f.frame_names)
-    return Datapool(ids, np.concatenate(arrays) if arrays else None, other)
+    return Datapool(ids, np.concatenate(arrays) if arrays else None, other, space_ids)
 
 
 def write_datapool(
