@@ -261,3 +261,21 @@ def test_cold_start_covers_dense_regions_before_outliers():
     assert sorted(int(i) // 30 for i in cold.selected) == [0, 1]
     plain = select(inp, spec([DIV], 2))
     assert any(int(i) >= 60 for i in plain.selected)
+
+
+def test_a_static_video_gives_a_handful_and_a_montage_gets_its_scenes():
+    # video A: ten minutes of a parked camera (600 near-identical frames) in which the detector
+    # hesitates on a box; video B: a 30-frame montage of 6 shots without a single detection
+    rng = np.random.default_rng(7)
+    static = np.eye(16)[0] + 0.002 * rng.standard_normal((600, 16))
+    shots = np.repeat(np.eye(16)[1:7], 5, axis=0) + 0.02 * rng.standard_normal((30, 16))
+    x = unit(np.concatenate([static, shots]))
+    preds = [[box(0.5)]] * 600 + [[]] * 30
+    names_ = names(600, "parked") + names(30, "montage")
+    inp = SelectionInputs(names_, x, predictions=preds, categories=CATS)
+    shot = np.r_[np.zeros(600, int), 1 + np.arange(30) // 5]
+    for labeled in (0, 5000):  # the cold-start recipe and the warm one (with uncertainty)
+        r = select(inp, parse_selection({"n_samples": 8}, labeled=labeled))
+        picked = shot[r.selected]
+        assert (picked == 0).sum() <= 2, (labeled, picked)  # a handful of the parked hours
+        assert set(picked) >= set(range(1, 7)), (labeled, picked)  # every shot of the montage
