@@ -11,7 +11,8 @@ from framesift.inference import predictions as lp
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
-from framesift.selection.batch import select_batch, split_budget
+from framesift.selection.batch import select_batch
+from framesift.selection.batch_inputs import split_budget
 from framesift.selection.datapool import read_datapool
 
 pytestmark = pytest.mark.slow

@@ -260,9 +260,16 @@ def test_parse_selection_book_keys():
     )
     assert s.defaulted
     kinds = [(e.input.type.value, e.strategy.type.value) for e in s.strategies]
-    assert kinds == [("EMBEDDINGS", "DIVERSITY"), ("SCORES", "WEIGHTS"), ("PREDICTIONS", "BALANCE")]
+    # the default recipe (diversity, uncertainty, shots), then the book keys' balance
+    assert kinds == [
+        ("EMBEDDINGS", "DIVERSITY"),
+        ("SCORES", "WEIGHTS"),
+        ("METADATA", "BALANCE"),
+        ("PREDICTIONS", "BALANCE"),
+    ]
     assert s.strategies[1].input.score == "uncertainty_entropy"
-    assert s.strategies[2].strategy.target == {"car": 0.5, "bike": 0.5}
+    assert s.strategies[2].input.key == "shot"
+    assert s.strategies[3].strategy.target == {"car": 0.5, "bike": 0.5}
 
     s = parse_selection({"n_samples": 5, "balance": True})  # no important classes: UNIFORM over all
     assert s.strategies[-1].strategy.distribution.value == "UNIFORM"

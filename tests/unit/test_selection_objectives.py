@@ -215,7 +215,10 @@ def test_no_pair_closer_than_the_minimum_distance_while_a_farther_frame_is_left(
 
 
 def types(s) -> dict:
-    return {e.strategy.type: e.strategy.strength for e in s.strategies}
+    """Strength by strategy type, besides the BALANCE over shots every default recipe has."""
+    shots = [e for e in s.strategies if e.input.key == "shot"]
+    assert len(shots) == (1 if s.defaulted else 0)
+    return {e.strategy.type: e.strategy.strength for e in s.strategies if e.input.key != "shot"}
 
 
 def test_cold_start_favours_typical_and_diverse_frames():
@@ -279,3 +282,24 @@ def test_a_static_video_gives_a_handful_and_a_montage_gets_its_scenes():
         picked = shot[r.selected]
         assert (picked == 0).sum() <= 2, (labeled, picked)  # a handful of the parked hours
         assert set(picked) >= set(range(1, 7)), (labeled, picked)  # every shot of the montage
+
+
+def test_one_hot_balance_gains_equal_the_dense_ones():
+    from framesift.selection.balance import BalanceState, OneHotBalanceState
+
+    rng = np.random.default_rng(11)
+    n, b = 400, 7
+    bucket = rng.integers(-1, b, n)  # -1: in no bucket of the target
+    target = rng.dirichlet(np.ones(b))
+    vecs = np.zeros((n, b), np.float32)
+    vecs[np.flatnonzero(bucket >= 0), bucket[bucket >= 0]] = 1.0
+    vt = np.ascontiguousarray(vecs.T)
+    dense = BalanceState(0, "", 1.0, [str(i) for i in range(b)], target, vt, vt.sum(axis=0),
+                         np.einsum("ij,ij->j", vt, vt), (target.astype(np.float32) @ vt).astype(np.float32),
+                         np.zeros(b))  # fmt: skip
+    onehot = OneHotBalanceState(0, "", 1.0, [str(i) for i in range(b)], target, bucket, np.zeros(b))
+    for i in rng.permutation(n)[:60]:
+        np.testing.assert_allclose(onehot.gains(), dense.gains(), rtol=1e-4, atol=1e-5)
+        dense.add(int(i))
+        onehot.add(int(i))
+    np.testing.assert_allclose(onehot.selected_distribution(), dense.selected_distribution())

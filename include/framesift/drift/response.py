@@ -33,7 +33,7 @@ from framesift.io.s3 import join_key
 from framesift.labeling.base import LabelingBackend, build_request
 from framesift.labeling.queue import collection as queue_collection
 from framesift.labeling.queue import push_exactly_once
-from framesift.selection.batch import space_of
+from framesift.selection.batch_inputs import space_of
 from framesift.selection.datapool import SELECTIONS, read_datapool, write_datapool
 from framesift.selection.engine import select
 from framesift.selection.inputs import SelectionInputs

@@ -3,7 +3,9 @@
 ``g`` = how much adding a frame moves the selected distribution towards the target,
 ``g = D(now) - D(with it)`` with ``D`` the squared Euclidean distance between the selected
 distribution (class vectors of the selected frames, summed and divided by their total)
-and the target. Gains are recomputed for every frame at every pick in O(N x B).
+and the target. Gains are recomputed for every frame at every pick: in O(N x B) for class
+distributions of predictions; for categorical METADATA (each frame in one bucket, e.g. a
+video or a shot) in O(B + N), one gain per bucket, so thousands of buckets stay cheap.
 """
 
 from __future__ import annotations
@@ -83,6 +85,50 @@ class BalanceState:
         return self.c / self.s if self.s > 0 else np.zeros_like(self.c)
 
 
+@dataclass
+class OneHotBalanceState:
+    """BALANCE over a categorical value: frame ``i`` is in bucket ``bucket[i]`` (-1: in none),
+    so adding it moves the selected distribution along one axis and its gain is its
+    bucket's. The same interface and the same gains as :class:`BalanceState`."""
+
+    index: int
+    label: str
+    strength: float
+    classes: list[str]
+    target: np.ndarray  # (B,)
+    bucket: np.ndarray  # (N,) int64
+    input_totals: np.ndarray  # (B,) float64
+    c: np.ndarray = field(init=False)
+    s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.c = np.zeros(len(self.target))
+        self.tt = float(self.target @ self.target)
+        self.in_bucket = self.bucket >= 0
+        self.safe_bucket = np.where(self.in_bucket, self.bucket, 0)
+
+    def current_distance(self) -> float:
+        if self.s <= 0:
+            return 1.0 + self.tt
+        return float(((self.c / self.s - self.target) ** 2).sum())
+
+    def gains(self) -> np.ndarray:
+        s1 = self.s + 1.0
+        q = self.c / s1
+        # D(with one more frame of bucket b) = |q - t|^2 + 2 (q_b - t_b) / s1 + 1 / s1^2
+        after = float(((q - self.target) ** 2).sum()) + 2.0 * (q - self.target) / s1 + 1.0 / s1**2
+        g_bucket = (self.current_distance() - after).astype(np.float32)
+        return np.where(self.in_bucket, g_bucket[self.safe_bucket], np.float32(0.0)).astype(np.float32)
+
+    def add(self, i: int) -> None:
+        if self.bucket[i] >= 0:
+            self.c[self.bucket[i]] += 1.0
+            self.s += 1.0
+
+    def selected_distribution(self) -> np.ndarray:
+        return self.c / self.s if self.s > 0 else np.zeros_like(self.c)
+
+
 def build_balance(
     inputs: SelectionInputs,
     i: int,
@@ -90,7 +136,7 @@ def build_balance(
     alive: np.ndarray,
     corrupt: np.ndarray,
     given_totals: Mapping[str, float] | None,
-) -> BalanceState:
+) -> BalanceState | OneHotBalanceState:
     """BALANCE strategy ``i``'s state over the inputs. ``alive``: the candidates (a distribution
     INPUT follows their classes, unless ``given_totals``, all shards' totals by class,
     are given); ``corrupt``: frames left out of the input totals."""
@@ -109,21 +155,18 @@ def build_balance(
         def vectors(bucket_of_class: np.ndarray, n_buckets: int) -> np.ndarray:
             return flat.class_vectors(e.input.name.value, bucket_of_class, n_buckets)  # type: ignore[union-attr]
 
-    else:  # METADATA, categorical
+        vectors_of = "dense"
+    else:  # METADATA, categorical: one bucket per frame
         values = inputs.metadata_values(e.input.key)  # type: ignore[arg-type]
         if values is None:
             raise strategy_error(i, "input", "key", f"no metadata {e.input.key!r}")
         labels = np.asarray([str(v) for v in values], dtype=object)
-        classes = sorted(set(labels.tolist()))
-        code_of = {c: j for j, c in enumerate(classes)}
-        codes = np.fromiter((code_of[v] for v in labels), dtype=np.int64, count=len(labels))
+        classes, codes = np.unique(labels, return_inverse=True)
+        classes = [str(c) for c in classes]
+        vectors_of = "one-hot"
 
         def vectors(bucket_of_class: np.ndarray, n_buckets: int) -> np.ndarray:
-            out = np.zeros((len(codes), n_buckets), dtype=np.float32)
-            b = bucket_of_class[codes]
-            ok = b >= 0
-            out[np.flatnonzero(ok), b[ok]] = 1.0
-            return out
+            return bucket_of_class[codes]  # (N,) the bucket of each frame, -1: none
 
     if dist is Distribution.TARGET:
         unknown = [c for c in target_map if c not in classes]
@@ -159,7 +202,7 @@ def build_balance(
         else:  # INPUT
             given = given_totals
             if given is None:
-                totals = vecs[alive].sum(axis=0, dtype=np.float64)
+                totals = _totals(vecs, alive, len(classes), vectors_of)
             else:  # all shards' totals, by class name
                 totals = np.array([float(given.get(str(c), 0.0)) for c in classes])
             total = float(np.sum(totals))
@@ -168,7 +211,17 @@ def build_balance(
                 if total > 0
                 else np.full(len(classes), 1.0 / max(1, len(classes)))
             )
-    input_totals = vecs[~corrupt].sum(axis=0, dtype=np.float64)
+    input_totals = _totals(vecs, ~corrupt, len(bucket_names), vectors_of)
+    if vectors_of == "one-hot":
+        return OneHotBalanceState(
+            index=i,
+            label="",
+            strength=e.strategy.strength,
+            classes=bucket_names,
+            target=np.asarray(target, dtype=np.float64),
+            bucket=np.asarray(vecs, dtype=np.int64),
+            input_totals=input_totals,
+        )
     vt = np.ascontiguousarray(vecs.T)
     mass = vt.sum(axis=0)
     vv = np.einsum("ij,ij->j", vt, vt)
@@ -185,3 +238,11 @@ def build_balance(
         tv=tv,
         input_totals=input_totals,
     )
+
+
+def _totals(vecs: np.ndarray, rows: np.ndarray, n_buckets: int, kind: str) -> np.ndarray:
+    """Per bucket, the summed class vectors of the frames in ``rows`` (a mask)."""
+    if kind == "one-hot":
+        b = vecs[rows]
+        return np.bincount(b[b >= 0], minlength=n_buckets).astype(np.float64)
+    return vecs[rows].sum(axis=0, dtype=np.float64)

@@ -25,15 +25,14 @@ import numpy as np
 from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig, SelectionConfig
-from framesift.inference.predictions import load_video_outputs
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
 from framesift.io.context import StageContext
-from framesift.io.labels import frames_with_class
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
+from framesift.selection.batch_inputs import by_space, check_supported, query_sets, read_inputs, split_budget
 from framesift.selection.datapool import SELECTIONS, Datapool, read_datapool, write_datapool
 from framesift.selection.engine import select
-from framesift.selection.inputs import DEFAULT_TASK, SelectionInputs
+from framesift.selection.inputs import SelectionInputs
 from framesift.selection.metrics import closest_pairs
 from framesift.selection.result import SelectionResult, combine_results
 from framesift.selection.shards import (
@@ -43,7 +42,7 @@ from framesift.selection.shards import (
     shard_from_bytes,
     shard_to_bytes,
 )
-from framesift.selection.spec import InputType, SelectionSpec, StrategyType, parse_selection, strategy_error
+from framesift.selection.spec import SelectionSpec, parse_selection
 
 log = logging.getLogger("framesift.select")
 
@@ -148,7 +147,7 @@ def plan_selection(
         return []
     claimed = _claim(ctx, refs)
     shards: list[dict[str, Any]] = []
-    for model_id, space_docs in _by_space(claimed):  # a shard never mixes embedding spaces
+    for model_id, space_docs in by_space(claimed):  # a shard never mixes embedding spaces
         for doc in space_docs:
             frames = _frames(doc)
             if frames == 0:
@@ -217,11 +216,11 @@ def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str
     settings = _plan_settings(plan)
     docs = _videos(db, entry["video_ids"])
     started = time.perf_counter()
-    inputs = _read_inputs(s3, cfg, docs)
+    inputs = read_inputs(s3, cfg, docs)
     ctx = StageContext(s3, db, cfg, plan["run_id"])
     pool = _space_datapool(ctx, selection_id, entry.get("embedding_model_id"), inputs)
     spec = Batch(selection_id, docs, settings).spec(cfg, len(pool.ids))
-    inputs.query_sets = _query_sets(ctx, spec, pool)
+    inputs.query_sets = query_sets(ctx.db, spec, pool)
     result = select_shard(
         inputs,
         spec,
@@ -295,53 +294,6 @@ def select_batch(
         raise
 
 
-def _read_inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> SelectionInputs:
-    """The frames of the videos, one after the other; frame names are ``<video_id>/<name>``."""
-    ids, videos, embs, preds = [], [], [], []
-    schema: dict[str, Any] = {}
-    for doc in docs:
-        v_names, v_ids, emb, v_preds, schema = load_video_outputs(s3, cfg, doc)
-        ids += v_ids
-        videos += [doc["key"]] * len(v_names)
-        embs.append(emb)
-        preds += v_preds
-    return SelectionInputs(
-        frame_names=ids,
-        embeddings=np.concatenate(embs).astype(np.float32, copy=False) if ids else None,
-        video_keys=videos,
-        predictions=preds,
-        categories=schema.get("categories"),
-        task_name=docs[0]["inference"]["task_name"] if docs else DEFAULT_TASK,
-    )
-
-
-def space_of(doc: dict[str, Any]) -> str | None:
-    """The embedding space a video's embeddings live in (None: written before ids)."""
-    return (doc.get("inference") or {}).get("embedding_model_id")
-
-
-def _by_space(docs: list[dict[str, Any]]) -> list[tuple[str | None, list[dict[str, Any]]]]:
-    groups: dict[str | None, list[dict[str, Any]]] = {}
-    for doc in docs:
-        groups.setdefault(space_of(doc), []).append(doc)
-    return list(groups.items())
-
-
-def split_budget(budget: int, sizes: list[int]) -> list[int]:
-    """``budget`` split in proportion to ``sizes`` (largest remainders), none over its size."""
-    total = sum(sizes)
-    if not total:
-        return [0] * len(sizes)
-    shares = [budget * s / total for s in sizes]
-    out = [min(int(sh), s) for sh, s in zip(shares, sizes, strict=True)]
-    for i in sorted(range(len(sizes)), key=lambda i: out[i] - shares[i]):
-        if sum(out) >= budget:
-            break
-        if out[i] < sizes[i]:
-            out[i] += 1
-    return out
-
-
 @dataclass
 class SpacePart:
     """One embedding space's share of a batch's selection."""
@@ -367,65 +319,8 @@ def _space_datapool(ctx: StageContext, sid: str, model_id: str | None, inputs: S
     return pool
 
 
-# metadata keys the pipeline feeds a METADATA strategy (with or without the "lightly." prefix)
-PIPELINE_METADATA = ("video", "frame_index")
-
-
-def check_supported(spec: SelectionSpec) -> None:
-    """Refuse, before anything is claimed, what the config accepts but the pipeline cannot
-    feed: Lightly cloud datasets as SIMILARITY query sets, metadata nobody computes."""
-    for i, e in enumerate(spec.strategies):
-        if e.strategy.type is StrategyType.SIMILARITY and e.input.dataset_id is not None:
-            raise strategy_error(
-                i,
-                "input",
-                "dataset_id",
-                "names a Lightly cloud dataset, which framesift cannot read; query sets are tag_name "
-                "'class:<name>' (labeled frames of a class), tag_name '<selection tag>' (e.g. 'drift'), "
-                "query_frames or query_embeddings",
-            )
-        if (
-            e.input.type is InputType.METADATA
-            and e.input.key.removeprefix("lightly.") not in PIPELINE_METADATA
-        ):
-            raise strategy_error(
-                i,
-                "input",
-                "key",
-                f"no metadata {e.input.key!r} in the pipeline; it has {', '.join(PIPELINE_METADATA)}",
-            )
-
-
-def _query_sets(ctx: StageContext, spec: SelectionSpec, pool: Datapool) -> dict[str, np.ndarray]:
-    """SIMILARITY query sets named by ``tag_name``, from this space's datapool: ``class:<name>``
-    the labeled frames with a box of that class, any other tag the frames of selections so
-    tagged (e.g. ``drift``)."""
-    sets: dict[str, np.ndarray] = {}
-    for i, e in enumerate(spec.strategies):
-        tag = e.input.tag_name
-        if e.strategy.type is not StrategyType.SIMILARITY or tag is None:
-            continue
-        if tag.startswith("class:"):
-            wanted = set(frames_with_class(ctx.db, tag.removeprefix("class:")))
-            what = f"labeled frame with class {tag.removeprefix('class:')!r}"
-        else:
-            wanted = {
-                f
-                for d in ctx.db[SELECTIONS].find({"tags": tag}, {"selected": 1})
-                for f in d.get("selected", [])
-            }
-            what = f"frame of a selection tagged {tag!r}"
-        rows = [r for r, f in enumerate(pool.space_ids or []) if f in wanted]
-        if not rows:
-            raise strategy_error(
-                i, "input", "tag_name", f"no query frames: no {what} in this embedding space yet"
-            )
-        sets[tag] = pool.embeddings[rows]
-    return sets
-
-
 def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
-    groups = [(mid, docs, _read_inputs(ctx.s3, ctx.cfg, docs)) for mid, docs in _by_space(batch.docs)]
+    groups = [(mid, docs, read_inputs(ctx.s3, ctx.cfg, docs)) for mid, docs in by_space(batch.docs)]
     n_input = sum(inputs.n for _, _, inputs in groups)
     if not n_input:
         for doc in batch.docs:
@@ -449,7 +344,7 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
     pools = [_space_datapool(ctx, batch.sid, mid, inputs) for mid, _, inputs in groups]
     spec = batch.spec(ctx.cfg, len(pools[0].ids))
     for (_, _, inputs), pool in zip(groups, pools, strict=True):
-        inputs.query_sets = _query_sets(ctx, spec, pool)
+        inputs.query_sets = query_sets(ctx.db, spec, pool)
     n_samples = batch.settings.n_samples
     if n_samples and n_samples > n_input:
         # a small batch is not a config error: take everything it has
@@ -496,7 +391,7 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
         pools = {mid: _space_datapool(ctx, batch.sid, mid, unions[mid]) for mid in by_space}
         spec = batch.spec(ctx.cfg, len(next(iter(pools.values())).ids))
         for mid, union in unions.items():
-            union.query_sets = _query_sets(ctx, spec, pools[mid])
+            union.query_sets = query_sets(ctx.db, spec, pools[mid])
         total = sum(s.result.counts["input"] for items in by_space.values() for _, s in items)
         sizes = [sum(s.result.counts["input"] for _, s in items) for items in by_space.values()]
         parts = []

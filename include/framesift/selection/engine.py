@@ -139,9 +139,16 @@ class SelectionRun:
 
         # (index in the spec, entry): errors and labels name the spec's index
         self.entries = list(enumerate(spec.strategies))
-        if spec.defaulted and inputs.predictions is None and not inputs.scores:
-            # the default's WEIGHTS on uncertainty_entropy needs predictions: drop it
-            self.entries = [(i, e) for i, e in self.entries if e.input.type is not InputType.SCORES]
+        if spec.defaulted:
+            # the default recipe takes what the inputs have: its WEIGHTS on uncertainty_entropy
+            # needs predictions, its BALANCE over shots the shot metadata
+            if inputs.predictions is None and not inputs.scores:
+                self.entries = [(i, e) for i, e in self.entries if e.input.type is not InputType.SCORES]
+            self.entries = [
+                (i, e)
+                for i, e in self.entries
+                if e.input.type is not InputType.METADATA or inputs.metadata_values(e.input.key) is not None
+            ]
         self.x: np.ndarray | None = None
         self.ub: np.ndarray | None = None
         needs_embeddings = any(e.input.type is InputType.EMBEDDINGS for _, e in self.entries)

@@ -6,8 +6,10 @@ cold-start literature (TypiClust, Hacohen et al. 2022; ProbCover, Yehuda et al. 
 cover typical, dense regions first. So while the datapool (frames selected before) holds
 fewer than ``selection.cold_start_labels`` frames the default recipe is DIVERSITY x
 TYPICALITY; from there to twice that, WEIGHTS on ``uncertainty_entropy`` gains strength
-linearly while TYPICALITY loses it; beyond, DIVERSITY x uncertainty (Lightly's recipe).
-Only the default recipe adapts: strategies named in the config run as written.
+linearly while TYPICALITY loses it; beyond, DIVERSITY x uncertainty (Lightly's recipe). In
+every regime a BALANCE over shots (where extraction recorded them) spreads the picks over
+the cuts of a video. Only the default recipe adapts: strategies named in the config run as
+written.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from typing import Any
 DIVERSITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
 TYPICALITY = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "TYPICALITY"}}
+# every shot (the frames between two cuts, found at extraction) gets its share before any
+# gets a second: what covers a montage when the embedding does not separate its scenes
+SHOTS = {
+    "input": {"type": "METADATA", "key": "shot"},
+    "strategy": {"type": "BALANCE", "distribution": "UNIFORM"},
+}
 
 COLD_START, WARMING, WARM, UNKNOWN = "cold_start", "warming", "warm", "unknown"
 # TYPICALITY's strength in the cold-start recipe: at 1 it gave up too much of the radius and
@@ -62,7 +70,7 @@ class Regime:
             out.append(_with_strength(TYPICALITY, self.typicality))
         if self.uncertainty > 0:
             out.append(_with_strength(UNCERTAINTY, self.uncertainty))
-        return out
+        return out + [SHOTS]
 
     def describe(self) -> str:
         c, n = self.cold_start_labels, self.labeled
