@@ -20,7 +20,8 @@ Data sets (each with known scenes):
   detector.
 
 Methods: ``framesift_default`` (the default recipe from scratch: cold start, DIVERSITY x
-TYPICALITY), ``framesift_diversity`` (k-center greedy alone), ``framesift_warm`` (the
+TYPICALITY, x BALANCE over the shots where there are images: the shots extraction records
+with ``framesift.ingest.metadata.ShotDetector``), ``framesift_diversity`` (k-center greedy alone), ``framesift_warm`` (the
 recipe once enough frames are labeled: DIVERSITY x WEIGHTS(uncertainty_entropy); only where
 there are predictions), ``random`` (10 seeds: mean and 95 % interval), ``uniform_in_time``
 (evenly spaced along each video's timeline, the budget split by video length) and
@@ -108,9 +109,8 @@ def generated_embeddings(seed: int = 0, n_videos: int = 30, seconds: int = 600, 
 
 def _scenes_of_painters(seed: int, n_clips: int = 8, seconds: int = 60, fps: float = 2.0):
     """(clip, frame index, scene id, static, BGR image) of generated clips with cuts and a
-    static stretch; each scene gets its own painter and palette (a hue shift, a brightness)."""
-    import cv2
-
+    static stretch; each scene gets its own painter and background palette, whose light
+    changes slowly (a tint cycle of two minutes)."""
     from framesift.local.synth import Painter
 
     rng = np.random.default_rng(seed)
@@ -128,16 +128,31 @@ def _scenes_of_painters(seed: int, n_clips: int = 8, seconds: int = 60, fps: flo
             c = int(np.searchsorted(cuts, tt, side="right") - 1)
             if c != current_cut:
                 current_cut = c
+                palette = tuple(float(g) for g in rng.uniform(0.2, 1.6, 3))
                 painter = Painter(
-                    320, 240, int(rng.integers(2, 6)), np.random.default_rng(rng.integers(1 << 31))
+                    320,
+                    240,
+                    int(rng.integers(2, 6)),
+                    np.random.default_rng(rng.integers(1 << 31)),
+                    None,
+                    palette,
+                    120.0,
                 )
-                hue, value = int(rng.integers(0, 180)), rng.uniform(0.6, 1.3)
                 scene_id += 1
             static = static_at <= tt < static_at + 20
-            hsv = cv2.cvtColor(painter.paint(static_at if static else tt), cv2.COLOR_BGR2HSV).astype(np.int32)
-            hsv[..., 0] = (hsv[..., 0] + hue) % 180
-            hsv[..., 2] = np.clip(hsv[..., 2] * value, 0, 255)
-            yield clip, i, scene_id, static, cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2BGR)
+            yield clip, i, scene_id, static, painter.paint(static_at if static else tt)
+
+
+def _shots(images: list[np.ndarray], video: list[int]) -> list[str]:
+    """The shot of each frame as extraction records it (``framesift.ingest.metadata``)."""
+    from framesift.ingest.metadata import ShotDetector
+
+    out, detector, current = [], None, None
+    for im, v in zip(images, video, strict=True):
+        if v != current:
+            detector, current = ShotDetector(), v
+        out.append(f"{v}:{detector.update(im)}")
+    return out
 
 
 def _embed(images: list[np.ndarray]) -> tuple[np.ndarray, list]:
@@ -156,7 +171,7 @@ def _embed(images: list[np.ndarray]) -> tuple[np.ndarray, list]:
 def generated_video(seed: int = 0) -> dict:
     rows = list(_scenes_of_painters(seed))
     emb, preds, cats = _embed([r[4] for r in rows])
-    return _dataset(
+    d = _dataset(
         _unit(emb),
         [r[2] for r in rows],
         [r[0] for r in rows],
@@ -165,6 +180,8 @@ def generated_video(seed: int = 0) -> dict:
         cats,
         [r[3] for r in rows],
     )
+    d["shot"] = _shots([r[4] for r in rows], [r[0] for r in rows])
+    return d
 
 
 def real_footage() -> dict:
@@ -192,7 +209,9 @@ def real_footage() -> dict:
             video.append(v)
             index.append(i)
     emb, preds, cats = _embed(images)
-    return _dataset(_unit(emb), scene, video, index, preds, cats)
+    d = _dataset(_unit(emb), scene, video, index, preds, cats)
+    d["shot"] = _shots(images, video)
+    return d
 
 
 def _dataset(x, scene, video, index, preds, cats, static=None) -> dict:
@@ -209,6 +228,7 @@ def _dataset(x, scene, video, index, preds, cats, static=None) -> dict:
         "categories": cats,
         "near_duplicate_distance": float(np.median(step)) if len(step) else 0.0,
         "static": None if static is None else np.asarray(static, dtype=bool),
+        "shot": None,  # what extraction records, where there are images
     }
 
 
@@ -224,6 +244,7 @@ def _inputs(d: dict) -> SelectionInputs:
         frame_indices=d["index"],
         predictions=d["predictions"],
         categories=d["categories"],
+        metadata=None if d["shot"] is None else {"shot": np.asarray(d["shot"], dtype=object)},
     )
 
 
@@ -366,6 +387,8 @@ def describe(d: dict) -> dict:
     }
     if d["static"] is not None:
         out["static_frame_share"] = round(float(d["static"].mean()), 5)
+    if d["shot"] is not None:
+        out["shots_detected"] = len(set(d["shot"]))
     return out
 
 

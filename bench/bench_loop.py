@@ -88,7 +88,7 @@ def make_videos(
                 kinds[: max(1, n_obj // 2)] = [RARE] * max(1, n_obj // 2)
             palette = tuple(float(g) for g in rng.uniform(0.2, 1.6, 3))
             painter = Painter(
-                WIDTH, HEIGHT, n_obj, np.random.default_rng(rng.integers(1 << 31)), kinds, palette
+                WIDTH, HEIGHT, n_obj, np.random.default_rng(rng.integers(1 << 31)), kinds, palette, 120.0
             )
             static = rng.uniform() < 1 / 3
             t0 = float(rng.uniform(0, 20))

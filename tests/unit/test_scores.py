@@ -207,22 +207,3 @@ def test_density_weighting_prefers_dense_regions():
     w = scores.density_weighted(info, x, k=5)
     assert w[:30].min() > w[30]
     assert scores.density_weighted(info, x, k=5, beta=0.0) == pytest.approx(info)
-
-
-# --- image metadata ------------------------------------------------------------------
-
-
-def test_frame_metadata():
-    flat = np.full((20, 30, 3), 128, dtype=np.uint8)
-    m = scores.frame_metadata(flat)
-    assert m["sharpness"] == 0.0
-    assert m["luminance"] == pytest.approx(128 / 255 * 100, rel=1e-4)
-    assert m["contrast"] == 0.0
-    assert (m["height"], m["width"]) == (20, 30)
-    checker = np.indices((20, 30)).sum(axis=0) % 2 * 255
-    sharp = scores.frame_metadata(checker.astype(np.uint8))
-    blurred = scores.frame_metadata(np.full((20, 30), 127, np.uint8) + (np.arange(30) // 10).astype(np.uint8))
-    assert sharp["sharpness"] > 1000 > blurred["sharpness"]
-    assert sharp["contrast"] == pytest.approx(50.0, abs=0.5)
-    white = scores.frame_metadata(np.ones((8, 8, 3), np.float32))
-    assert white["luminance"] == pytest.approx(100.0)

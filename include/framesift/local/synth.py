@@ -138,11 +138,14 @@ class Painter:
         rng: np.random.Generator,
         kinds: list[str] | None = None,
         palette: tuple[float, float, float] | None = None,
+        hue_period_s: float = 10.0,
     ):
         """``palette``: per-channel (B, G, R) gains of the background only (a scene's own
-        colours; objects keep their class colours)."""
+        colours; objects keep their class colours). ``hue_period_s``: the background's tint
+        cycles once in this many seconds."""
         self.width, self.height = width, height
         self.palette = palette
+        self.hue_period_s = hue_period_s
         # smooth noise texture twice the frame size; each frame shows a drifting window
         noise = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1), dtype=np.uint8)
         texture = cv2.resize(noise, (2 * width, 2 * height), interpolation=cv2.INTER_CUBIC)
@@ -185,7 +188,7 @@ class Painter:
         dy = int(h * 0.5 * (1 + math.cos(t * 0.5))) % h
         grey = self.texture[dy : dy + h, dx : dx + w]
         # tint the texture with a hue that cycles every ~10 s
-        phase = 2 * math.pi * t / 10
+        phase = 2 * math.pi * t / self.hue_period_s
         channels = []
         for k in range(3):
             gain = 0.6 + 0.4 * math.sin(phase + k * 2.1)

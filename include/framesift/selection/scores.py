@@ -39,7 +39,8 @@ probability vectors (query by committee), and density weighting
 (``knn_mean_similarity``, ``density_weighted``): informativeness times the mean cosine
 similarity to the k nearest neighbours, computed in row chunks, never an N x N matrix.
 
-``frame_metadata`` computes Lightly-style image metadata (sharpness, luminance, contrast).
+Lightly-style image metadata (sharpness, luminance, contrast) is computed at extraction
+(:mod:`framesift.ingest.metadata`).
 """
 
 from __future__ import annotations
@@ -537,44 +538,3 @@ def density_weighted(
 # ---------------------------------------------------------------------------------------
 # image metadata
 # ---------------------------------------------------------------------------------------
-
-
-def frame_metadata(image: np.ndarray) -> dict[str, float]:
-    """Lightly-style metadata of one frame (H x W grey or H x W x 3/4 RGB(A), any dtype).
-
-    On the Rec. 601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` on a 0-255 scale (float
-    images in [0, 1] are scaled up):
-
-    * ``sharpness``: variance of the 4-neighbour Laplacian of Y (interior pixels); blurry
-      frames score low, 0 for a flat image;
-    * ``luminance``: mean of Y in percent of full scale, [0, 100];
-    * ``contrast``: RMS contrast, the standard deviation of Y in percent of full scale;
-    * ``height``, ``width``: in pixels.
-    """
-    img = np.asarray(image)
-    if img.ndim == 3 and img.shape[2] in (3, 4):
-        rgb = img[..., :3].astype(np.float32)
-        luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
-    elif img.ndim == 2:
-        luma = img.astype(np.float32)
-    elif img.ndim == 3 and img.shape[2] == 1:
-        luma = img[..., 0].astype(np.float32)
-    else:
-        raise ValueError(f"expected an H x W or H x W x 3 image, got shape {img.shape}")
-    if np.issubdtype(img.dtype, np.floating) and luma.size and float(luma.max()) <= 1.0:
-        luma = luma * 255.0
-    elif img.dtype == np.uint16:
-        luma = luma / 257.0
-    h, w = luma.shape
-    if h >= 3 and w >= 3:
-        lap = luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4.0 * luma[1:-1, 1:-1]
-        sharpness = float(lap.var())
-    else:
-        sharpness = 0.0
-    return {
-        "sharpness": sharpness,
-        "luminance": float(luma.mean() / 255.0 * 100.0) if luma.size else 0.0,
-        "contrast": float(luma.std() / 255.0 * 100.0) if luma.size else 0.0,
-        "height": float(h),
-        "width": float(w),
-    }
