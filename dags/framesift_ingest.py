@@ -153,6 +153,7 @@ with DAG(
     select = SelectFramesOperator(
         task_id="select_frames",
         videos=infer.output,
+        batch=register.output,  # videos an earlier run selected and never pushed are pushed too
         trigger_rule="all_done",
         outlets=[inference_asset(cfg)],  # new inference landed: schedules framesift_drift
     )

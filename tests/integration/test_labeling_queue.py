@@ -23,9 +23,9 @@ def test_push_writes_the_record_before_the_platform_call(qdb):
     backend = FakeBackend()
     seen = {}
 
-    def spy(request):
+    def spy(request, guard=None):
         seen["record"] = qdb[lq.COLLECTION].find_one({"_id": request.idempotency_key})
-        return FakeBackend.push_sequence(backend, request)
+        return FakeBackend.push_sequence(backend, request, guard)
 
     backend.push_sequence = spy  # type: ignore[method-assign]
     rec = lq.push_exactly_once(qdb, backend, make_request(), labeler="ann@x", reviewer="rev@x")
@@ -79,7 +79,7 @@ def test_crash_before_the_push_pushes_on_retry(qdb):
     with pytest.raises(BackendUnavailable):
         lq.push_exactly_once(qdb, backend, make_request(), owner="task-a")
     rec = qdb[lq.COLLECTION].find_one({})
-    assert rec["state"] == lq.PENDING and "down" in rec["last_error"] and rec["claimed_by"] is None
+    assert rec["state"] == lq.PENDING and "down" in rec["last_error"] and rec["claim"] is None
     backend.fail_push = None
     done = lq.push_exactly_once(qdb, backend, make_request(), owner="task-b")  # claim was released
     assert done["state"] == lq.PUSHED and backend.pushes == 1 and done["recovered"] is False
@@ -99,7 +99,7 @@ def test_a_live_claim_of_another_worker_blocks_until_its_lease_ends(qdb):
         lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
     assert err.value.retryable and "worker-1" in str(err.value) and err.value.retry_after > 0
     # the lease runs out (pretend: move it into the past)
-    qdb[lq.COLLECTION].update_one({}, {"$set": {"claimed_until": lq._now() - timedelta(seconds=1)}})
+    qdb[lq.COLLECTION].update_one({}, {"$set": {"claim.lease_until": lq._now() - timedelta(seconds=1)}})
     done = lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
     assert done["state"] == lq.PUSHED and done["recovered"] is True and backend.pushes == 1
 
