@@ -291,28 +291,27 @@ def release(db: Database, lease: Lease, status: str, *, reason: str | None = Non
         describe(current.get("claim")),
         current.get("status"),
     )
-    db[VIDEOS].update_one(
-        {"_id": lease.doc_id},
-        {
-            "$push": {
-                "refused": {
-                    "$each": [
-                        {
-                            "at": ts,
-                            "status": status,
-                            "attempt": attempt.owner,
-                            "run_id": attempt.run_id,
-                            "host": attempt.host,
-                            "pid": attempt.pid,
-                            "token": lease.token,
-                        }
-                    ],
-                    "$slice": -REFUSED_KEPT,
-                }
-            }
-        },
-    )
+    _note_refused(db, lease, status, "final write refused")
     return False
+
+
+def _note_refused(db: Database, lease: Lease, status: str, what: str) -> None:
+    """Record on the video that an attempt's result was refused (it had lost its claim)."""
+    attempt = lease.attempt
+    entry = {
+        "at": now(),
+        "status": status,
+        "what": what,
+        "attempt": attempt.owner,
+        "run_id": attempt.run_id,
+        "try": attempt.try_number,
+        "host": attempt.host,
+        "pid": attempt.pid,
+        "token": lease.token,
+    }
+    db[VIDEOS].update_one(
+        {"_id": lease.doc_id}, {"$push": {"refused": {"$each": [entry], "$slice": -REFUSED_KEPT}}}
+    )
 
 
 def mark(
@@ -392,6 +391,7 @@ def run_stage(
         log.warning(
             "%s s3://%s/%s: %s; this attempt (%s) stops here", working, ref.bucket, ref.key, exc, attempt
         )
+        _note_refused(db, lease, working, str(exc))
         return get(db, ref.video_id) or {}, False
     except Exception as exc:
         release(db, lease, FAILED, reason=f"{working}: {type(exc).__name__}: {exc}", failed_stage=working)
