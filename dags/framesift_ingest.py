@@ -74,8 +74,11 @@ the video up again (up to 3 attempts per stage). A failed *infer* that says the 
 could not be loaded names the URI (`inference.model_uri`): fix the path or the
 checkpoint. A failed *push_to_labeling* names the cause: bad credentials (fix the
 `framesift_labeling` connection), a missing frame (its S3 key), or the platform being
-down (it retries with backoff; the push is never duplicated). `framesift videos` lists
-the registry, `framesift status` the last runs.
+down (it retries with backoff; the push is never duplicated). A task *killed* (out of
+memory, node lost) leaves its video claimed: the retry waits for the claim's lease
+(`claims.lease_s`) and takes it over, and after the last retry the next run does; a
+"refused the write" line is a presumed-dead attempt whose late result was discarded.
+`framesift videos` lists the registry, `framesift status` the last runs.
 """
 
 with DAG(
@@ -153,6 +156,7 @@ with DAG(
     select = SelectFramesOperator(
         task_id="select_frames",
         videos=infer.output,
+        batch=register.output,  # videos an earlier run selected and never pushed are pushed too
         trigger_rule="all_done",
         outlets=[inference_asset(cfg)],  # new inference landed: schedules framesift_drift
     )

@@ -25,36 +25,68 @@ def make_request(n_frames=3, *, video_id="vid1", selection_id="sel1", backend="l
 
 
 class FakeBackend:
-    """A platform in memory: sequences by key; counts pushes; can fail on demand."""
+    """A platform in memory: one task per sequence, found by key; counts pushes; can fail
+    on demand. Like Label Studio it lists, then creates (``before_create`` runs between
+    the two, so a test can stall an attempt there); ``tasks`` keeps every task ever
+    created (a duplicate shows as two tasks with one key), ``deleted`` the ones removed."""
 
     name = "fake"
     tracks_review = True
 
     def __init__(self):
-        self.sequences: dict[str, PushedSequence] = {}
+        self.tasks: list[dict] = []
+        self.deleted: list[str] = []
         self.pushes = 0
         self.finds = 0
         self.fail_push: Exception | None = None
+        self.before_create = None  # callable(request), e.g. to stall a zombie
         self.status: dict[str, SequenceStatus] = {}
+
+    @property
+    def sequences(self) -> dict[str, PushedSequence]:
+        out = {}
+        for task in self.tasks:
+            out.setdefault(task["key"], self._as_pushed(task))
+        return out
+
+    def _as_pushed(self, task):
+        return PushedSequence(
+            backend=self.name,
+            project_id="p1",
+            ids=[task["id"]],
+            url=f"http://fake/{task['id']}",
+            n_frames=task["n_frames"],
+            idempotency_key=task["key"],
+            project_url="http://fake/p1",
+        )
 
     def ensure_project(self, classes):
         return base.ProjectRef("p1", "http://fake/p1")
 
-    def push_sequence(self, request):
+    def push_sequence(self, request, guard=base.NO_GUARD):
         if self.fail_push:
             raise self.fail_push
         self.pushes += 1
-        if request.idempotency_key not in self.sequences:
-            self.sequences[request.idempotency_key] = PushedSequence(
-                backend=self.name,
-                project_id="p1",
-                ids=[f"t{len(self.sequences) + 1}"],
-                url=f"http://fake/t{len(self.sequences) + 1}",
-                n_frames=len(request.frame_names),
-                idempotency_key=request.idempotency_key,
-                project_url="http://fake/p1",
-            )
-        return self.sequences[request.idempotency_key]
+        existing = [t for t in self.tasks if t["key"] == request.idempotency_key]
+        if existing:
+            return self._as_pushed(existing[0])
+        guard.begin(1)
+        if self.before_create is not None:
+            self.before_create(request)
+        guard.check(1)
+        task = {
+            "id": f"t{len(self.tasks) + 1}",
+            "key": request.idempotency_key,
+            "n_frames": len(request.frame_names),
+        }
+        self.tasks.append(task)
+        try:
+            guard.created(1, task["id"])
+        except Exception:
+            self.tasks.remove(task)  # what the real backends do: delete the zombie's duplicate
+            self.deleted.append(task["id"])
+            raise
+        return self._as_pushed(task)
 
     def find_sequence(self, key):
         self.finds += 1

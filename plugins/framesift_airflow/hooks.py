@@ -24,9 +24,20 @@ class FramesiftHook(BaseHook):
 
     @cached_property
     def s3(self):
+        """The S3 client of the aws connection, its HTTP pool sized to the stages' workers
+        (botocore's default of 10 is smaller than the upload and prediction thread pools).
+        Settings in the connection's ``config_kwargs`` are kept; a larger
+        ``max_pool_connections`` there wins."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return S3Hook(aws_conn_id=self.config.connections.aws).get_conn()
+        from framesift.io.s3 import client_config
+
+        ours = client_config(self.config.extraction.upload_workers)
+        theirs = S3Hook(aws_conn_id=self.config.connections.aws).conn_config.botocore_config
+        if theirs is not None:
+            pool = max(ours.max_pool_connections, getattr(theirs, "max_pool_connections", None) or 0)
+            ours = ours.merge(theirs).merge(type(ours)(max_pool_connections=pool))
+        return S3Hook(aws_conn_id=self.config.connections.aws, config=ours).get_conn()
 
     @cached_property
     def mongo_client(self):

@@ -1,8 +1,9 @@
-"""docker-compose.yaml, Dockerfile and .env.example agree with the code's settings.
+"""docker-compose.yaml, Dockerfile, .env.example and .env.dev agree with the code's settings.
 
-Parsed with PyYAML, interpolated the way Compose does (``${VAR:-default}`` and friends),
-once with no .env (the dev defaults) and once with .env.example. ``docker compose config``
-runs too, but only where a Docker engine answers.
+Parsed with PyYAML, interpolated the way Compose does (``${VAR:-default}``,
+``${VAR:?error}`` and friends), once with .env.dev (the laptop values) and once with
+.env.example. No credential has a default: without an env file the stack refuses to
+start. ``docker compose config`` runs too, but only where a Docker engine answers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENV_EXAMPLE = ROOT / ".env.example"
+ENV_DEV = ROOT / ".env.dev"
 
 CORE_SERVICES = {
     "postgres",
@@ -94,10 +96,9 @@ def raw():
     return yaml.safe_load(COMPOSE_PATH.read_text())
 
 
-@pytest.fixture(scope="module", params=["dev defaults", ".env.example"])
+@pytest.fixture(scope="module", params=[".env.dev", ".env.example"])
 def compose(request, raw):
-    env = {} if request.param == "dev defaults" else read_env_file(ENV_EXAMPLE)
-    return interpolate(raw, env)
+    return interpolate(raw, read_env_file(ROOT / request.param))
 
 
 @pytest.fixture(scope="module")
@@ -425,7 +426,9 @@ def test_clearml_is_offline_by_default_with_server_settings_commented(raw, compo
         svcs["clearml-fileserver"]
     )
     web = urlsplit(interpolate(commented["CLEARML_WEB_HOST"], {}))
-    assert web.port == host_port(interpolate(raw, {})["services"]["clearml-webserver"], 80)
+    assert web.port == host_port(
+        interpolate(raw, read_env_file(ENV_DEV))["services"]["clearml-webserver"], 80
+    )
     # the webserver proxies to the renamed ClearML services
     web_env = env_of(svcs["clearml-webserver"])
     assert urlsplit(web_env["NGINX_APISERVER_ADDRESS"]).hostname == "clearml-apiserver"
@@ -437,11 +440,65 @@ def test_clearml_is_offline_by_default_with_server_settings_commented(raw, compo
 # --- credentials -----------------------------------------------------------------------------------
 
 _SECRETISH = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|FERNET")
-_ONLY_VAR = re.compile(r"^\$\{[A-Z0-9_]+(:?-[^}]*)?\}$")
+_ONLY_VAR = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
+_ANY_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?([^}]*)\}")
+
+
+def test_no_secret_has_a_default():
+    """Every credential is `${VAR:?...}`: no default anywhere in the file (comments too, so
+    uncommenting a line cannot bring one back), and not a bare `${VAR}` either (compose
+    would substitute an empty string)."""
+    text = COMPOSE_PATH.read_text()
+    secrets, bad = set(), []
+    for m in _ANY_VAR.finditer(text):
+        name, op = m.group(1), m.group(2)
+        if _SECRETISH.search(name):
+            secrets.add(name)
+            if op != ":?":
+                bad.append(m.group(0))
+    assert not bad, f"credentials with a default (or none required) in docker-compose.yaml: {bad}"
+    assert {
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_FERNET_KEY",
+        "AIRFLOW_ADMIN_PASSWORD",
+        "POSTGRES_PASSWORD",
+    } <= secrets
+    assert {
+        "MONGO_ROOT_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "LABEL_STUDIO_API_TOKEN",
+        "FRAMESIFT_S3_SECRET_KEY",
+    } <= secrets
+
+
+def test_without_an_env_file_the_stack_refuses_to_start(raw):
+    with pytest.raises(KeyError, match="is required: set it in .env"):
+        interpolate(raw, {})
+
+
+def test_dev_values_live_only_in_the_explicit_dev_file():
+    """.env.dev sets every credential the compose file requires, each visibly dev-only;
+    .dockerignore keeps both env files out of the image."""
+    lines = [ln for ln in COMPOSE_PATH.read_text().splitlines() if not ln.lstrip().startswith("#")]
+    required = {m.group(1) for m in _ANY_VAR.finditer("\n".join(lines)) if m.group(2) == ":?"}
+    dev = read_env_file(ENV_DEV)
+    assert required <= set(dev), f"missing from .env.dev: {sorted(required - set(dev))}"
+    for name in required:
+        if name == "AIRFLOW_FERNET_KEY":
+            from cryptography.fernet import Fernet
+
+            Fernet(dev[name].encode())  # a valid key
+        elif not name.endswith("ACCESS_KEY"):
+            assert dev[name].startswith("dev-only-"), f".env.dev: {name} must say it is dev-only"
+    example = read_env_file(ENV_EXAMPLE)
+    assert required <= set(example), f"missing from .env.example: {sorted(required - set(example))}"
+    assert all(example[n] == "CHANGE_ME" for n in required), "every credential in .env.example is CHANGE_ME"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in ignored and ".env.*" in ignored
 
 
 def test_no_secret_literals_in_the_compose_file(raw):
-    """Credentials are `${VAR:-dev default}` interpolations; the real ones live in .env."""
+    """Credentials are `${VAR:?...}` interpolations; the real ones live in .env."""
     env_example = read_env_file(ENV_EXAMPLE)
     for name, svc in {**raw["services"], "x-airflow-common": raw["x-airflow-common"]}.items():
         for key, value in env_of(svc).items():
@@ -514,7 +571,7 @@ def _docker_ok() -> str | None:
     return None
 
 
-@pytest.mark.parametrize("env_file", [None, ".env.example"])
+@pytest.mark.parametrize("env_file", [None, ".env.dev", ".env.example"])
 def test_docker_compose_config_is_valid(env_file, tmp_path):
     reason = _docker_ok()
     if reason:
@@ -522,11 +579,14 @@ def test_docker_compose_config_is_valid(env_file, tmp_path):
     cmd = ["docker", "compose", "--project-directory", str(ROOT), "-f", str(COMPOSE_PATH)]
     if env_file:
         cmd += ["--env-file", str(ROOT / env_file)]
-    else:  # only the dev defaults: an empty env file, whatever .env a developer has
+    else:  # an empty env file, whatever .env a developer has: compose must refuse
         empty = tmp_path / "empty.env"
         empty.write_text("")
         cmd += ["--env-file", str(empty)]
     for profile in ("labeling", "clearml", "flower"):
         cmd += ["--profile", profile]
     result = subprocess.run([*cmd, "config", "-q"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+    if env_file is None:
+        assert result.returncode != 0 and "required variable" in result.stderr, result.stderr
+    else:
+        assert result.returncode == 0, result.stderr

@@ -421,3 +421,84 @@ def test_sync_status_and_export_after_a_person_labels(label_studio, api, cfg, cl
     got = {i: [(b.class_name, list(b.bbox)) for b in a.boxes] for i, a in enumerate(exported)}
     assert got == {0: [], 1: [("box", [32, 24, 64, 48])], 2: [], 3: [], 4: [("disc", [160, 120, 80, 60])]}
     assert {a.annotator for a in exported} == {label_studio.username}
+
+
+def _attempt(try_number, heartbeat_s=0.2):
+    from framesift.io.leases import Attempt
+
+    return Attempt(
+        run_id="run-z",
+        try_number=try_number,
+        task="framesift_ingest.push_to_labeling[0]",
+        lease_s=1.5,
+        heartbeat_s=heartbeat_s,
+    )
+
+
+def _zombie_and_retry(label_studio, api, cfg, clip, s3, db, stall_on):
+    """Try 1 stalls at ``stall_on`` and stops renewing its lease (a frozen worker); try 2
+    takes over and pushes; then try 1 wakes up. Returns (try 1's error, try 2's record,
+    the project's tasks)."""
+    import threading
+
+    zombie_backend = backend_for(cfg, label_studio, s3)
+    stalled, wake = threading.Event(), threading.Event()
+    real_request = zombie_backend.client.request
+
+    def request(method, path, **kw):
+        if stall_on(method, path, kw) and not stalled.is_set():
+            stalled.set()
+            wake.wait(60)
+        return real_request(method, path, **kw)
+
+    zombie_backend.client.request = request
+    out = {}
+
+    def zombie():
+        try:
+            out["value"] = lq.push_exactly_once(
+                db, zombie_backend, make_request(cfg, clip), owner=_attempt(1, heartbeat_s=60)
+            )
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=zombie)
+    t.start()
+    assert stalled.wait(60), out
+    rec = lq.push_exactly_once(
+        db, backend_for(cfg, label_studio, s3), make_request(cfg, clip), owner=_attempt(2)
+    )
+    wake.set()
+    t.join(60)
+    return out.get("error"), rec, api.tasks(rec["project_id"])
+
+
+def test_a_zombie_and_its_retry_push_one_task(label_studio, api, cfg, clip, s3, db):
+    """The zombie stalls while uploading the frames (before its create call): after it
+    wakes up, its check before creating the task fails; one task in Label Studio."""
+    from framesift.io.leases import ClaimLost
+
+    err, rec, tasks = _zombie_and_retry(
+        label_studio, api, cfg, clip, s3, db, lambda m, p, kw: m == "POST" and "files" in kw
+    )
+    assert isinstance(err, ClaimLost), err
+    assert [t["id"] for t in tasks] == [int(i) for i in rec["backend_ids"]] and len(tasks) == 1
+
+
+def test_a_zombie_whose_create_call_lands_deletes_its_task(label_studio, api, cfg, clip, s3, db):
+    """The zombie stalls after its last check, with its create call about to be sent: the
+    task it makes is refused by the create-once record and deleted again; one task left."""
+    from framesift.io.leases import ClaimLost
+
+    err, rec, tasks = _zombie_and_retry(
+        label_studio,
+        api,
+        cfg,
+        clip,
+        s3,
+        db,
+        lambda m, p, kw: m == "POST" and (kw.get("params") or {}).get("return_task_ids") == "true",
+    )
+    assert isinstance(err, ClaimLost), err
+    assert [t["id"] for t in tasks] == [int(i) for i in rec["backend_ids"]] and len(tasks) == 1
+    assert db["labeling_creations"].find_one({})["platform_id"] == rec["backend_ids"][0]

@@ -3,6 +3,8 @@ before the platform call, a push happens once, crashes and other workers' claims
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -23,9 +25,9 @@ def test_push_writes_the_record_before_the_platform_call(qdb):
     backend = FakeBackend()
     seen = {}
 
-    def spy(request):
+    def spy(request, guard=None):
         seen["record"] = qdb[lq.COLLECTION].find_one({"_id": request.idempotency_key})
-        return FakeBackend.push_sequence(backend, request)
+        return FakeBackend.push_sequence(backend, request, guard)
 
     backend.push_sequence = spy  # type: ignore[method-assign]
     rec = lq.push_exactly_once(qdb, backend, make_request(), labeler="ann@x", reviewer="rev@x")
@@ -79,7 +81,7 @@ def test_crash_before_the_push_pushes_on_retry(qdb):
     with pytest.raises(BackendUnavailable):
         lq.push_exactly_once(qdb, backend, make_request(), owner="task-a")
     rec = qdb[lq.COLLECTION].find_one({})
-    assert rec["state"] == lq.PENDING and "down" in rec["last_error"] and rec["claimed_by"] is None
+    assert rec["state"] == lq.PENDING and "down" in rec["last_error"] and rec["claim"] is None
     backend.fail_push = None
     done = lq.push_exactly_once(qdb, backend, make_request(), owner="task-b")  # claim was released
     assert done["state"] == lq.PUSHED and backend.pushes == 1 and done["recovered"] is False
@@ -99,7 +101,7 @@ def test_a_live_claim_of_another_worker_blocks_until_its_lease_ends(qdb):
         lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
     assert err.value.retryable and "worker-1" in str(err.value) and err.value.retry_after > 0
     # the lease runs out (pretend: move it into the past)
-    qdb[lq.COLLECTION].update_one({}, {"$set": {"claimed_until": lq._now() - timedelta(seconds=1)}})
+    qdb[lq.COLLECTION].update_one({}, {"$set": {"claim.lease_until": lq._now() - timedelta(seconds=1)}})
     done = lq.push_exactly_once(qdb, backend, make_request(), owner="worker-2")
     assert done["state"] == lq.PUSHED and done["recovered"] is True and backend.pushes == 1
 
@@ -120,3 +122,122 @@ def test_sync_status_updates_statuses_and_history(qdb):
     assert "no t2" in gone["sync_error"]
     # a done record is not polled again
     assert lq.sync_status(qdb, backend)["checked"] == 1
+
+
+# ---------------------------------------------------------- racing attempts, zombies
+
+
+def _attempt(try_number, *, task="framesift_ingest.push_to_labeling[0]", lease_s=1.0, heartbeat_s=0.1):
+    from framesift.io.leases import Attempt
+
+    return Attempt(run_id="run-1", try_number=try_number, task=task, lease_s=lease_s, heartbeat_s=heartbeat_s)
+
+
+def _in_thread(fn):
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def test_a_zombie_and_its_retry_create_the_platform_task_once(qdb):
+    """Try 1 stalls between listing the platform and creating the task, and stops
+    renewing its lease (as a frozen or partitioned worker does): Airflow's retry, try 2,
+    waits for that lease to run out, takes the push over and creates the task. When try
+    1 wakes up, its check before the create call fails: no second task, and its record
+    write never happens."""
+    from framesift.io.leases import ClaimLost
+
+    backend = FakeBackend()
+    stalled, wake = threading.Event(), threading.Event()
+
+    def stall(request):
+        if not stalled.is_set():
+            stalled.set()
+            wake.wait(30)
+
+    backend.before_create = stall
+    zombie = _attempt(1, heartbeat_s=60)  # its heartbeat never comes: the lease lapses
+    t1, out1 = _in_thread(lambda: lq.push_exactly_once(qdb, backend, make_request(), owner=zombie))
+    assert stalled.wait(10)
+    t0 = time.monotonic()
+    rec = lq.push_exactly_once(qdb, backend, make_request(), owner=_attempt(2))
+    assert 0.3 < time.monotonic() - t0 < 5  # waited for try 1's lease
+    assert rec["state"] == lq.PUSHED and rec["backend_ids"] == ["t1"]
+    wake.set()
+    t1.join(10)
+    assert isinstance(out1.get("error"), ClaimLost), out1
+    assert [t["id"] for t in backend.tasks] == ["t1"] and backend.deleted == []
+    after = qdb[lq.COLLECTION].find_one({})
+    assert after["backend_ids"] == ["t1"] and after["attempts"] == 2
+    creation = qdb["labeling_creations"].find_one({})
+    assert (
+        creation["state"] == "created" and creation["platform_id"] == "t1" and len(creation["previous"]) == 1
+    )
+
+
+def test_a_zombie_that_passed_its_check_deletes_the_duplicate_it_made(qdb):
+    """The one gap a check cannot close: a zombie paused after its last check, while its
+    create call is on the way. Its task lands next to the retry's; recording it is refused
+    (the create-once record names the retry), so it deletes what it made."""
+    from framesift.io.leases import ClaimLost
+
+    backend = FakeBackend()
+    stalled, wake = threading.Event(), threading.Event()
+
+    class StallAfterCheck:
+        def __init__(self, guard):
+            self.guard = guard
+
+        def __getattr__(self, name):
+            return getattr(self.guard, name)
+
+        def check(self, chunk):
+            self.guard.check(chunk)
+            if not stalled.is_set():
+                stalled.set()
+                wake.wait(30)
+
+    real_push = backend.push_sequence
+    backend.push_sequence = lambda request, guard=None: real_push(  # type: ignore[method-assign]
+        request, StallAfterCheck(guard) if not stalled.is_set() else guard
+    )
+    t1, out1 = _in_thread(
+        lambda: lq.push_exactly_once(qdb, backend, make_request(), owner=_attempt(1, heartbeat_s=60))
+    )
+    assert stalled.wait(10)
+    rec = lq.push_exactly_once(qdb, backend, make_request(), owner=_attempt(2))
+    wake.set()
+    t1.join(10)
+    assert isinstance(out1.get("error"), ClaimLost), out1
+    assert rec["backend_ids"] == ["t1"]
+    assert [t["id"] for t in backend.tasks] == ["t1"] and backend.deleted == ["t2"]  # made, then deleted
+
+
+def test_two_live_attempts_never_push_at_once(qdb):
+    """Two tasks (say ingest and a drift response, or two runs) on one key: the one that
+    holds the claim renews it while it works; the other is told to come back later."""
+    backend = FakeBackend()
+    stalled, wake = threading.Event(), threading.Event()
+    backend.before_create = lambda request: (stalled.set(), wake.wait(30))
+    t1, out1 = _in_thread(
+        lambda: lq.push_exactly_once(qdb, backend, make_request(), owner=_attempt(1, task="a"))
+    )
+    assert stalled.wait(10)
+    time.sleep(1.5)  # longer than the lease: the heartbeat keeps it
+    with pytest.raises(lq.PushInProgress) as err:
+        lq.push_exactly_once(qdb, backend, make_request(), owner=_attempt(1, task="b"))
+    assert err.value.retryable and "a#1" in str(err.value)
+    wake.set()
+    t1.join(10)
+    assert out1["value"]["state"] == lq.PUSHED and len(backend.tasks) == 1
+    assert lq.push_exactly_once(qdb, backend, make_request(), owner=_attempt(1, task="b"))["backend_ids"] == [
+        "t1"
+    ]

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from datetime import timedelta
 
 import pytest
 from pymongo.errors import DuplicateKeyError
@@ -38,9 +39,9 @@ def test_claim_is_exclusive_but_retry_safe(db):
     assert registry.claim(db, ref.video_id, "run-B", to="extracting", from_statuses=["discovered"]) is None
     # the same run retrying its task gets it back
     assert registry.claim(db, ref.video_id, "run-A", to="extracting", from_statuses=["discovered"])
-    # a claim from a crashed worker goes stale
+    # the lease of a claim from a crashed worker runs out (nobody renews it)
     db.videos.update_one(
-        {"_id": ref.video_id}, {"$set": {"updated_at": registry.now() - registry.STALE_CLAIM * 2}}
+        {"_id": ref.video_id}, {"$set": {"claim.lease_until": registry.now() - timedelta(seconds=1)}}
     )
     assert registry.claim(db, ref.video_id, "run-B", to="extracting", from_statuses=["discovered"])
     registry.mark(db, ref.video_id, "extracted", "run-B")

@@ -504,7 +504,13 @@ class TestEncordFakeSdk:
             "Project.list_datasets",
             "EncordUserClient.get_dataset",
             "StorageFolder.list_items",
-            "StorageFolder.create_image_sequence",
+            "StorageFolder._get_upload_signed_urls",
+            "StorageFolder._upload_local_file",
+            "StorageFolder._upload_local_file",
+            "StorageFolder._upload_local_file",
+            "StorageFolder.add_private_data_to_folder_start",
+            "StorageFolder.add_private_data_to_folder_get_result",  # the job is PENDING
+            "StorageFolder.add_private_data_to_folder_get_result",  # DONE: only now link it
             "Dataset.link_items",
             "Project.list_label_rows_v2",
             "LabelRowV2.initialise_labels",
@@ -527,11 +533,13 @@ class TestEncordFakeSdk:
         assert ds["create_backing_folder"] is False
         proj = args["EncordUserClient.create_project"]
         assert proj["dataset_hashes"] == ["ds-1"] and proj["ontology_hash"] == "onto-1"
-        seq = args["StorageFolder.create_image_sequence"]
-        assert seq["title"] == f"clip-vid1 {req.idempotency_key} part 1 of 1"
-        assert [os.path.basename(p) for p in seq["file_paths"]] == req.frame_names  # time order
+        (group,) = args["StorageFolder.add_private_data_to_folder_start"]["private_files"].image_groups
+        assert group.title == f"clip-vid1 {req.idempotency_key} part 1 of 1" and group.create_video is True
+        uploads = [kw for name, kw in sdk.calls if name == "StorageFolder._upload_local_file"]
+        assert [os.path.basename(u["file_path"]) for u in uploads] == req.frame_names  # time order
+        assert [i.title for i in group.images] == req.frame_names
         assert sdk.uploaded_bytes == [png(128, 96, value=i) for i in range(3)]  # the frames' real bytes
-        meta = seq["client_metadata"]
+        meta = group.client_metadata
         assert meta["framesift_key"] == req.idempotency_key and meta["frame_names"] == req.frame_names
         assert (meta["chunk"], meta["n_chunks"], meta["frame_width"], meta["frame_height"]) == (1, 1, 128, 96)
         assert args["Dataset.link_items"]["item_uuids"] == [sdk.items[0].uuid]
@@ -565,10 +573,14 @@ class TestEncordFakeSdk:
     def test_long_sequence_is_chunked(self, sdk):
         req = make_request(5, backend="encord", preds=False)
         pushed = self.backend(sdk, self.s3_for(req), max_frames_per_sequence=2).push_sequence(req)
-        seqs = [kw for name, kw in sdk.calls if name == "StorageFolder.create_image_sequence"]
-        assert [len(s["file_paths"]) for s in seqs] == [2, 2, 1]
-        assert [s["client_metadata"]["chunk"] for s in seqs] == [1, 2, 3]
-        assert [s["title"].rsplit(" ", 4)[-4:] for s in seqs][0] == ["part", "1", "of", "3"]
+        seqs = [
+            kw["private_files"].image_groups[0]
+            for name, kw in sdk.calls
+            if name == "StorageFolder.add_private_data_to_folder_start"
+        ]
+        assert [len(s.images) for s in seqs] == [2, 2, 1]
+        assert [s.client_metadata["chunk"] for s in seqs] == [1, 2, 3]
+        assert [s.title.rsplit(" ", 4)[-4:] for s in seqs][0] == ["part", "1", "of", "3"]
         assert pushed.ids == ["dh-1", "dh-2", "dh-3"] and pushed.n_frames == 5
         assert not any(name == "LabelRowV2.save" for name, _ in sdk.calls)  # nothing to pre-annotate
 
@@ -584,7 +596,8 @@ class TestEncordFakeSdk:
         sdk.calls.clear()
         pushed = fresh.push_sequence(req)
         names = [c[0] for c in sdk.calls]
-        assert "StorageFolder.create_image_sequence" not in names and names.count("Dataset.link_items") == 1
+        assert "StorageFolder.add_private_data_to_folder_start" not in names
+        assert names.count("Dataset.link_items") == 1
         assert len(sdk.items) == 1 and pushed.ids == ["dh-1"]
 
     def test_status_mapping_from_workflow_stages(self, sdk):
@@ -649,7 +662,86 @@ class TestEncordFakeSdk:
         with pytest.raises(FrameMissing) as err:
             self.backend(sdk, s3).push_sequence(req)
         assert err.value.key == req.frame_keys[2]
-        assert not any(n == "StorageFolder.create_image_sequence" for n, _ in sdk.calls)
+        assert not any(n.startswith("StorageFolder._upload") for n, _ in sdk.calls)
+
+    def test_links_only_after_the_upload_job_is_done(self, sdk):
+        """Encord makes the image sequence in an asynchronous upload job: the push waits
+        for it (polling) before it lists or links anything."""
+        sdk.job_polls = 4
+        req = make_request(2, backend="encord")
+        pushed = self.backend(sdk, self.s3_for(req)).push_sequence(req)
+        names = [c[0] for c in sdk.calls]
+        polls = [i for i, n in enumerate(names) if n == "StorageFolder.add_private_data_to_folder_get_result"]
+        assert len(polls) == 4 and polls[-1] < names.index("Dataset.link_items")
+        assert pushed.ids == ["dh-1"] and len(sdk.items) == 1
+
+    def test_a_job_that_does_not_finish_is_a_bounded_clear_error(self, sdk):
+        sdk.job_polls = 10**6
+        req = make_request(2, backend="encord")
+        guard = MemoryGuard()
+        clock = {"t": 0.0}
+        b = self.backend(
+            sdk,
+            self.s3_for(req),
+            job_timeout_s=30,
+            sleep=lambda s: clock.__setitem__("t", clock["t"] + s),
+            clock=lambda: clock["t"],
+        )
+        with pytest.raises(BackendUnavailable) as err:
+            b.push_sequence(req, guard)
+        (job_id,) = sdk.jobs
+        msg = str(err.value)
+        assert str(job_id) in msg and "has not finished after 30 s" in msg and "nothing was linked" in msg
+        assert 25 <= clock["t"] <= 35  # bounded by job_timeout_s
+        assert not any(n == "Dataset.link_items" for n, _ in sdk.calls)
+        assert guard.records[1]["job"] == str(job_id)  # noted before waiting, for the next try
+
+    def test_a_retry_waits_for_the_job_an_earlier_try_started_instead_of_uploading_again(self, sdk):
+        req = make_request(2, backend="encord")
+        guard = MemoryGuard()
+        sdk.crash_on_job_wait = True  # the worker dies while the job runs on Encord's side
+        with pytest.raises(Crash):
+            self.backend(sdk, self.s3_for(req)).push_sequence(req, guard)
+        sdk.crash_on_job_wait = False
+        uploads_before = len(sdk.uploaded_bytes)
+        fresh = self.backend(sdk, self.s3_for(req))  # the retry, on another worker
+        pushed = fresh.push_sequence(req, guard)
+        assert len(sdk.items) == 1 and len(sdk.jobs) == 1  # one upload job, one item
+        assert len(sdk.uploaded_bytes) == uploads_before  # nothing uploaded again
+        assert pushed.ids == ["dh-1"] and guard.records[1]["platform_id"] == str(sdk.items[0].uuid)
+
+    def test_a_zombie_is_stopped_before_it_uploads(self, sdk):
+        from framesift.io.leases import ClaimLost
+
+        req = make_request(2, backend="encord")
+        guard = MemoryGuard(lost=True)  # this attempt's claim was taken over
+        with pytest.raises(ClaimLost):
+            self.backend(sdk, self.s3_for(req)).push_sequence(req, guard)
+        assert not sdk.jobs and not sdk.uploaded_bytes
+
+
+class MemoryGuard:
+    """The push's create-once guard (labeling.creations) in memory: records per chunk;
+    ``lost`` makes every check fail, as for an attempt whose claim was taken over."""
+
+    def __init__(self, lost=False):
+        self.records: dict[int, dict] = {}
+        self.lost = lost
+
+    def begin(self, chunk):
+        return dict(self.records.setdefault(chunk, {}))
+
+    def note(self, chunk, **info):
+        self.records[chunk].update(info)
+
+    def check(self, chunk):
+        from framesift.io.leases import ClaimLost
+
+        if self.lost:
+            raise ClaimLost(f"create chunk {chunk}")
+
+    def created(self, chunk, platform_id):
+        self.records[chunk]["platform_id"] = platform_id
 
 
 class FakeSdk:
@@ -681,6 +773,9 @@ class FakeSdk:
         self.items: list = []
         self.rows: list = []
         self.uploaded_bytes: list[bytes] = []
+        self.jobs: dict = {}
+        self.job_polls = 2  # polls of an upload job until it is DONE
+        self.crash_on_job_wait = False
         self.crash_on_link = False
         self.fail_on: tuple[str, Exception] | None = None
 
@@ -801,21 +896,96 @@ class FakeStage:
 
 
 class FakeFolder:
+    """A storage folder whose image sequences are made by an asynchronous upload job, as
+    Encord's are: the item exists (listed, linkable) only once its job is DONE, which
+    takes ``sdk.job_polls`` polls of the job (the server's long poll answers PENDING
+    until then)."""
+
     def __init__(self, sdk, name):
         self.sdk, self.name, self.uuid = sdk, name, uuid.uuid4()
 
     def list_items(self, **kw):
         self.sdk.record("StorageFolder.list_items", **kw)
-        return [i for i in self.sdk.items if kw.get("search", "") in i.name]
+        return [i for i in self.sdk.items if kw.get("search", "") in i.name and i.done]
 
     def create_image_sequence(self, file_paths, title=None, client_metadata=None):
+        """The one-call path: here it returns while its job still runs (the item is a
+        placeholder not yet listed or linkable), the asynchrony the push must wait out."""
         self.sdk.record(
             "StorageFolder.create_image_sequence", file_paths, title=title, client_metadata=client_metadata
         )
         self.sdk.uploaded_bytes += [open(p, "rb").read() for p in file_paths]
-        item = SimpleNamespace(uuid=uuid.uuid4(), name=title, client_metadata=dict(client_metadata))
+        job = self._job(title, client_metadata, len(file_paths))
+        return job.item.uuid
+
+    def _get_upload_signed_urls(self, item_type, count, frames_subfolder_name=None):
+        self.sdk.record(
+            "StorageFolder._get_upload_signed_urls",
+            item_type,
+            count,
+            frames_subfolder_name=frames_subfolder_name,
+        )
+        return [
+            SimpleNamespace(
+                signed_url=f"https://upload.invalid/{n}",
+                object_key=f"obj-{n}",
+                item_uuid=uuid.uuid4(),
+                upload_headers={},
+            )
+            for n in range(count)
+        ]
+
+    def _upload_local_file(
+        self, file_path, title, item_type, signed_url, cloud_upload_settings=None, upload_headers=None
+    ):
+        kw = {} if upload_headers is None else {"upload_headers": upload_headers}
+        self.sdk.record("StorageFolder._upload_local_file", file_path, title, item_type, signed_url, **kw)
+        self.sdk.uploaded_bytes.append(open(file_path, "rb").read())
+
+    def add_private_data_to_folder_start(self, integration_id, private_files, ignore_errors=False):
+        self.sdk.record(
+            "StorageFolder.add_private_data_to_folder_start",
+            integration_id,
+            private_files,
+            ignore_errors=ignore_errors,
+        )
+        (group,) = private_files.image_groups
+        assert group.create_video is True  # an image sequence, not an image group
+        return self._job(group.title, group.client_metadata, len(group.images)).id
+
+    def add_private_data_to_folder_get_result(self, upload_job_id, timeout_seconds=7 * 24 * 3600):
+        from encord.orm.dataset import LongPollingStatus
+
+        self.sdk.record(
+            "StorageFolder.add_private_data_to_folder_get_result",
+            upload_job_id,
+            timeout_seconds=timeout_seconds,
+        )
+        job = self.sdk.jobs[upload_job_id]
+        if self.sdk.crash_on_job_wait:
+            raise Crash()
+        job.polls_left -= 1
+        if job.polls_left <= 0:
+            job.item.done = True
+        done = job.item.done
+        return SimpleNamespace(
+            status=LongPollingStatus.DONE if done else LongPollingStatus.PENDING,
+            items_with_names=[SimpleNamespace(item_uuid=job.item.uuid, name=job.item.name)] if done else [],
+            errors=[],
+            units_pending_count=0 if done else 1,
+            units_done_count=1 if done else 0,
+            units_error_count=0,
+            units_cancelled_count=0,
+        )
+
+    def _job(self, title, client_metadata, n_files):
+        item = SimpleNamespace(
+            uuid=uuid.uuid4(), name=title, client_metadata=dict(client_metadata), done=False
+        )
         self.sdk.items.append(item)
-        return item.uuid
+        job = SimpleNamespace(id=uuid.uuid4(), item=item, polls_left=self.sdk.job_polls, n_files=n_files)
+        self.sdk.jobs[job.id] = job
+        return job
 
 
 class FakeDataset:
@@ -830,6 +1000,10 @@ class FakeDataset:
         out = []
         for u in item_uuids:
             item = next(i for i in self.sdk.items if i.uuid == u)
+            if not item.done:
+                from encord.exceptions import ResourceNotFoundError
+
+                raise ResourceNotFoundError(f"item {u} is still being processed")
             row = FakeLabelRow(self.sdk, f"dh-{len(self.sdk.rows) + 1}", item.name, item.client_metadata)
             self.sdk.rows.append(row)
             out.append(SimpleNamespace(uid=row.data_hash))

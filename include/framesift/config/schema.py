@@ -291,6 +291,9 @@ class DriftConfig(_Section):
     min_window_frames: int = Field(30, ge=2)  # a source with fewer new frames is not evaluated
     reference_frames: int = Field(2000, ge=10)
     reference_prefix: str | None = None  # videos under it are the reference; null: the earliest inferred
+    # the reference inferred by another model than the serving one is re-inferred with it;
+    # false: the comparison is suspended (with the reason in the report) until it is fixed
+    reference_reinfer: bool = True
     group_by: Literal["all", "folder"] = "all"  # one window over everything, or one per video folder
     schedule: str | None = "0 * * * *"  # also run on this cron; null: only when new inference lands
     seed: int = 0
@@ -303,11 +306,25 @@ class DriftConfig(_Section):
     labeling: DriftLabelingConfig = Field(default_factory=DriftLabelingConfig)
 
 
+class ClaimsConfig(_Section):
+    """The lease a stage holds on a video (or a queue record) while it works on it."""
+
+    lease_s: float = Field(120.0, ge=1)  # a claim not renewed for this long is taken over
+    heartbeat_s: float = Field(20.0, gt=0)  # how often a working stage renews its lease
+
+    @model_validator(mode="after")
+    def _beats_within_the_lease(self) -> ClaimsConfig:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError("claims.heartbeat_s must be at most half of claims.lease_s")
+        return self
+
+
 class PipelineConfig(_Section):
     important_classes: list[str] = Field(default_factory=list)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     mongo: MongoConfig = Field(default_factory=MongoConfig)
     connections: ConnectionsConfig = Field(default_factory=ConnectionsConfig)
+    claims: ClaimsConfig = Field(default_factory=ClaimsConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)

@@ -29,6 +29,7 @@ from framesift.drift.signals import CRITICAL, WARNING, FrameSet
 from framesift.inference import predictions
 from framesift.ingest import registry
 from framesift.io.layout import safe_stem
+from framesift.io.leases import Attempt
 from framesift.io.s3 import join_key
 from framesift.labeling.base import LabelingBackend, build_request
 from framesift.labeling.queue import collection as queue_collection
@@ -134,7 +135,7 @@ def push_drifted(
     selection: dict[str, Any],
     backend: LabelingBackend,
     *,
-    owner: str,
+    owner: str | Attempt,
     incident_ids: list[str] = (),
 ) -> list[dict[str, Any]]:
     """One labeling sequence per video of a drift selection, tagged ``drift``; the queue records."""
@@ -178,7 +179,14 @@ def push_drifted(
 
 
 def respond(
-    s3, db: Database, cfg: PipelineConfig, report: dict[str, Any], backend_factory, *, run_id: str, owner: str
+    s3,
+    db: Database,
+    cfg: PipelineConfig,
+    report: dict[str, Any],
+    backend_factory,
+    *,
+    run_id: str,
+    owner: str | Attempt,
 ) -> list[dict[str, Any]]:
     """For every alarming window with an active incident: select and push its drifted frames.
 

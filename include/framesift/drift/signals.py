@@ -78,7 +78,9 @@ class FrameSet:
 
     def __post_init__(self) -> None:
         n = len(self.frame_ids)
-        self.embeddings = np.asarray(self.embeddings, dtype=np.float32).reshape(n, -1)
+        emb = np.asarray(self.embeddings, dtype=np.float32)
+        # an empty set keeps its width (reshape(0, -1) cannot infer it)
+        self.embeddings = emb.reshape(n, -1) if n or emb.ndim != 2 else emb
         for name, values in (
             ("video_ids", self.video_ids),
             ("video_keys", self.video_keys),

@@ -10,8 +10,12 @@ carries a status with a timestamped history of who moved it where:
     any working status      -> failed (infrastructure error, with ``failed_stage``;
                                that stage may claim it again, up to MAX_ATTEMPTS)
 
-A stage *claims* a video atomically before working on it, so two DAG runs that
-saw the same upload cannot both process it.
+A stage *claims* a video atomically before working on it (``claim``: the attempt, a
+fencing token and a lease, see :mod:`framesift.io.leases`), so two DAG runs that saw the
+same upload cannot both process it. The stage's heartbeat renews the lease while it
+works; its final write is conditional on still holding the claim, so a zombie attempt's
+result is refused (and recorded under ``refused``). A video whose lease ran out in a
+working status (its worker was killed) is *stranded*: the next run takes it over.
 """
 
 from __future__ import annotations
@@ -19,13 +23,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 
-from framesift.io import layout
+from framesift.io import faults, layout
+from framesift.io.leases import (
+    Attempt,
+    ClaimLost,
+    Heartbeat,
+    Lease,
+    as_attempt,
+    aware,
+    claimable,
+    describe,
+    run_id_of,
+    wait_for_lapse,
+)
 from framesift.io.s3 import S3Object
 
 log = logging.getLogger("framesift.ingest")
@@ -47,10 +63,10 @@ FAILED = "failed"  # with ``failed_stage``: the working status it failed in
 
 # statuses from which a later run resumes a video's pipeline
 RESUMABLE = (DISCOVERED, EXTRACTED, INFERRED, SELECTED)
+# statuses a stage holds a video in while it works (under a claim with a lease)
+WORKING = (EXTRACTING, INFERRING, SELECTING, PUSHING)
 MAX_ATTEMPTS = 3  # a video that failed this often for infrastructure reasons waits for a person
-
-# a claim older than this is presumed to belong to a crashed worker
-STALE_CLAIM = timedelta(hours=2)
+REFUSED_KEPT = 20  # refused (zombie) writes kept on a video's record
 
 
 @dataclass(frozen=True)
@@ -76,10 +92,12 @@ def ensure_indexes(db: Database) -> None:
     coll.create_index([("bucket", ASCENDING), ("key", ASCENDING), ("etag", ASCENDING)], unique=True)
     coll.create_index([("status", ASCENDING)])
     coll.create_index([("updated_at", ASCENDING)])
+    coll.create_index([("claim.lease_until", ASCENDING)])
 
 
-def register(db: Database, obj: S3Object, run_id: str | None) -> tuple[VideoRef, bool]:
+def register(db: Database, obj: S3Object, run_id: str | Attempt | None) -> tuple[VideoRef, bool]:
     """Upsert the registry record of ``obj``; return (ref, created)."""
+    run_id = None if run_id is None else run_id_of(run_id)
     vid = layout.video_id(obj.bucket, obj.key, obj.etag)
     ts = now()
     result = db[VIDEOS].update_one(
@@ -93,6 +111,7 @@ def register(db: Database, obj: S3Object, run_id: str | None) -> tuple[VideoRef,
                 "status": DISCOVERED,
                 "reason": None,
                 "attempts": 0,
+                "claim": None,
                 "created_at": ts,
                 "updated_at": ts,
                 "first_run_id": run_id,
@@ -118,43 +137,193 @@ def get(db: Database, video_id: str) -> dict[str, Any] | None:
     return db[VIDEOS].find_one({"_id": video_id})
 
 
-def claim(db: Database, video_id: str, run_id: str, *, to: str, from_statuses: Iterable[str]) -> dict | None:
-    """Atomically move a video into stage ``to`` for ``run_id``.
+def claim(
+    db: Database,
+    video_id: str,
+    run_id: str | Attempt,
+    *,
+    to: str,
+    from_statuses: Iterable[str],
+    wait: bool = True,
+) -> dict | None:
+    """Atomically move a video into stage ``to`` for an attempt (a run id is a first try).
 
-    Succeeds when the video is in one of ``from_statuses``, failed in this stage fewer
-    than MAX_ATTEMPTS times, is already claimed by this same run (a task retry), or is
-    claimed by a run whose claim went stale. Counts the attempt. Returns the updated
-    document, or None when someone else owns it or it is past this stage.
+    Succeeds when the video is in one of ``from_statuses``; failed in this stage fewer
+    than MAX_ATTEMPTS times; in ``to`` with a lease that ran out (a stranded video: its
+    worker was killed), taken over; or in ``to`` under this same attempt (a re-entry).
+    A retry of the task whose earlier try still holds the claim waits (``wait``) until
+    that lease runs out. A stranded video already claimed MAX_ATTEMPTS times is marked
+    ``failed`` instead. Counts the attempt; returns the updated document (its ``claim``
+    holds the token), or None when another attempt owns it or it is past this stage.
+    """
+    attempt = as_attempt(run_id)
+    coll = db[VIDEOS]
+    while True:
+        ts = now()
+        new = attempt.new_claim(ts)
+        query = {
+            "_id": video_id,
+            "$or": [
+                {"status": {"$in": list(from_statuses)}},
+                {"status": FAILED, "failed_stage": to, "attempts": {"$lt": MAX_ATTEMPTS}},
+                {"status": to, "attempts": {"$lt": MAX_ATTEMPTS}, "$or": claimable(attempt, ts)[:2]},
+                {"status": to, "$or": claimable(attempt, ts)[2:]},
+            ],
+        }
+        before = coll.find_one_and_update(
+            query,
+            {
+                "$set": {
+                    "status": to,
+                    "run_id": attempt.run_id,
+                    "updated_at": ts,
+                    "reason": None,
+                    "claim": new,
+                },
+                "$inc": {"attempts": 1},
+                "$push": {
+                    "history": {
+                        "status": to,
+                        "at": ts,
+                        "run_id": attempt.run_id,
+                        "try": attempt.try_number,
+                        "task": attempt.task,
+                        "token": new["token"],
+                    }
+                },
+            },
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is not None:
+            if before.get("status") == to and before.get("claim") and before["claim"].get("token"):
+                log.warning(
+                    "%s s3://%s/%s: took over a stranded claim of %s (its worker stopped renewing it)",
+                    to,
+                    before.get("bucket"),
+                    before.get("key"),
+                    describe(before["claim"]),
+                )
+            return coll.find_one({"_id": video_id})
+        current = coll.find_one({"_id": video_id}, {"status": 1, "claim": 1, "attempts": 1, "key": 1})
+        if current is None or current.get("status") != to:
+            return None
+        held = current.get("claim")
+        if _expired(held, ts) and current.get("attempts", 0) >= MAX_ATTEMPTS:
+            _give_up(db, current, to, held)
+            return None
+        what = f"{to} {current.get('key')}"
+        if not (wait and wait_for_lapse(lambda: _claim_of(db, video_id, to), attempt, what, log)):
+            return None
+
+
+def _claim_of(db: Database, video_id: str, status: str) -> dict[str, Any] | None:
+    doc = db[VIDEOS].find_one({"_id": video_id}, {"status": 1, "claim": 1}) or {}
+    return doc.get("claim") if doc.get("status") == status else None
+
+
+def _expired(held: dict[str, Any] | None, ts: datetime) -> bool:
+    until = (held or {}).get("lease_until")
+    return held is None or (until is not None and aware(until) < ts)
+
+
+def _give_up(db: Database, doc: dict[str, Any], stage: str, held: dict[str, Any] | None) -> None:
+    """A stranded video whose workers died MAX_ATTEMPTS times: failed, for a person."""
+    reason = (
+        f"{stage}: the worker was lost {doc.get('attempts')} times (killed or out of memory; the "
+        f"claim's lease ran out each time; last: {describe(held)})"
+    )
+    guard = {"_id": doc["_id"], "status": stage}
+    guard["claim.token" if held else "claim"] = held.get("token") if held else None
+    ts = now()
+    res = db[VIDEOS].update_one(
+        guard,
+        {
+            "$set": {
+                "status": FAILED,
+                "reason": reason,
+                "failed_stage": stage,
+                "updated_at": ts,
+                "claim": None,
+            },
+            "$push": {"history": {"status": FAILED, "at": ts, "reason": reason}},
+        },
+    )
+    if res.modified_count:
+        log.error("%s: %s", doc.get("key"), reason)
+
+
+def lease_of(db: Database, doc: dict[str, Any], attempt: str | Attempt) -> Lease:
+    """The lease of a claimed document (as :func:`claim` returned it)."""
+    return Lease(db[VIDEOS], doc["_id"], doc["claim"]["token"], as_attempt(attempt))
+
+
+def release(db: Database, lease: Lease, status: str, *, reason: str | None = None, **fields: Any) -> bool:
+    """Record the end of a claimed stage (status, reason, result fields), only if ``lease``
+    still holds the claim; clears the claim. A refused write (a zombie's: another attempt
+    took the video over) is logged and recorded under ``refused``; returns False then.
+
+    A stage that finishes resets the attempt count, so the next stage counts its own.
     """
     ts = now()
-    query = {
-        "_id": video_id,
-        "$or": [
-            {"status": {"$in": list(from_statuses)}},
-            {"status": FAILED, "failed_stage": to, "attempts": {"$lt": MAX_ATTEMPTS}},
-            {"status": to, "run_id": run_id},
-            {"status": to, "updated_at": {"$lt": ts - STALE_CLAIM}},
-        ],
-    }
-    return db[VIDEOS].find_one_and_update(
-        query,
+    if status != FAILED:
+        fields = {"attempts": 0, **fields}
+    attempt = lease.attempt
+    entry = {"status": status, "at": ts, "run_id": attempt.run_id, "try": attempt.try_number}
+    if reason:
+        entry["reason"] = reason
+    res = db[VIDEOS].update_one(
+        lease.filter(),
         {
-            "$set": {"status": to, "run_id": run_id, "updated_at": ts, "reason": None},
-            "$inc": {"attempts": 1},
-            "$push": {"history": {"status": to, "at": ts, "run_id": run_id}},
+            "$set": {"status": status, "reason": reason, "updated_at": ts, "claim": None, **fields},
+            "$push": {"history": entry},
         },
-        return_document=ReturnDocument.AFTER,
+    )
+    if res.matched_count:
+        return True
+    current = db[VIDEOS].find_one({"_id": lease.doc_id}, {"status": 1, "claim": 1, "key": 1}) or {}
+    log.warning(
+        "refused the write of %s for %s (%s -> %s): it no longer holds the claim, %s does "
+        "(status now %s); its result is discarded",
+        attempt,
+        current.get("key", lease.doc_id),
+        status,
+        reason or "ok",
+        describe(current.get("claim")),
+        current.get("status"),
+    )
+    _note_refused(db, lease, status, "final write refused")
+    return False
+
+
+def _note_refused(db: Database, lease: Lease, status: str, what: str) -> None:
+    """Record on the video that an attempt's result was refused (it had lost its claim)."""
+    attempt = lease.attempt
+    entry = {
+        "at": now(),
+        "status": status,
+        "what": what,
+        "attempt": attempt.owner,
+        "run_id": attempt.run_id,
+        "try": attempt.try_number,
+        "host": attempt.host,
+        "pid": attempt.pid,
+        "token": lease.token,
+    }
+    db[VIDEOS].update_one(
+        {"_id": lease.doc_id}, {"$push": {"refused": {"$each": [entry], "$slice": -REFUSED_KEPT}}}
     )
 
 
 def mark(
     db: Database, video_id: str, status: str, run_id: str | None, *, reason: str | None = None, **fields: Any
 ) -> None:
-    """Record a status change (with its reason and any result fields).
+    """Record a status change without a claim (registration, operators' fixes, tests).
 
-    A stage that finishes resets the attempt count, so the next stage counts its own.
+    Stages that hold a claim record their outcome with :func:`release` instead, which
+    is refused when the claim was lost.
     """
     ts = now()
+    run_id = None if run_id is None else run_id_of(run_id)
     if status != FAILED:
         fields = {"attempts": 0, **fields}
     entry = {"status": status, "at": ts, "run_id": run_id}
@@ -163,7 +332,7 @@ def mark(
     db[VIDEOS].update_one(
         {"_id": video_id},
         {
-            "$set": {"status": status, "reason": reason, "updated_at": ts, **fields},
+            "$set": {"status": status, "reason": reason, "updated_at": ts, "claim": None, **fields},
             "$push": {"history": entry},
         },
     )
@@ -182,7 +351,7 @@ def count_by_status(db: Database) -> dict[str, int]:
 def run_stage(
     db: Database,
     ref: VideoRef,
-    run_id: str,
+    run_id: str | Attempt,
     *,
     working: str,
     from_statuses: list[str],
@@ -190,35 +359,45 @@ def run_stage(
 ) -> tuple[dict[str, Any], bool]:
     """Claim ``ref`` into ``working``, run ``work`` and record its (status, reason, fields).
 
-    Returns (the video's document, whether this call did the work). An exception marks
-    the video ``failed`` in this stage (so a retry may claim it again) and propagates.
+    ``run_id`` is the attempt (a plain run id is a first try). While ``work`` runs a
+    heartbeat renews the claim's lease. Returns (the video's document, whether this call
+    did the work and recorded it). An exception marks the video ``failed`` in this stage
+    (so a retry may claim it again) and propagates; a lost claim (:class:`ClaimLost`, or
+    a final write refused because another attempt took the video over) returns
+    ``(document, False)`` after logging it.
     """
-    doc = claim(db, ref.video_id, run_id, to=working, from_statuses=from_statuses)
+    attempt = as_attempt(run_id)
+    doc = claim(db, ref.video_id, attempt, to=working, from_statuses=from_statuses)
     if doc is None:
         current = get(db, ref.video_id) or {}
         log.info(
-            "%s s3://%s/%s: not claimable (now %s, run %s)",
+            "%s s3://%s/%s: not claimable (now %s, run %s, claim %s)",
             working,
             ref.bucket,
             ref.key,
             current.get("status"),
             current.get("run_id"),
+            describe(current.get("claim")),
         )
         return current, False
+    lease = lease_of(db, doc, attempt)
+    armed = faults.arm(f"stage.{working}", key=ref.key, attempt=attempt)
     try:
-        status, reason, fields = work()
-    except Exception as exc:
-        mark(
-            db,
-            ref.video_id,
-            FAILED,
-            run_id,
-            reason=f"{working}: {type(exc).__name__}: {exc}",
-            failed_stage=working,
+        with Heartbeat([lease], attempt.heartbeat_s, log):
+            status, reason, fields = work()
+            if armed is not None:
+                armed.fire_now()  # the chaos test's kill lands before the result is recorded
+    except ClaimLost as exc:
+        log.warning(
+            "%s s3://%s/%s: %s; this attempt (%s) stops here", working, ref.bucket, ref.key, exc, attempt
         )
+        _note_refused(db, lease, working, str(exc))
+        return get(db, ref.video_id) or {}, False
+    except Exception as exc:
+        release(db, lease, FAILED, reason=f"{working}: {type(exc).__name__}: {exc}", failed_stage=working)
         raise
-    mark(db, ref.video_id, status, run_id, reason=reason, **fields)
-    return get(db, ref.video_id) or {}, True
+    done = release(db, lease, status, reason=reason, **fields)
+    return get(db, ref.video_id) or {}, done
 
 
 def stage_outcome(ref: VideoRef, doc: dict[str, Any], *, skipped: bool) -> dict[str, Any]:

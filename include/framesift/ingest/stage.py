@@ -26,6 +26,7 @@ from framesift.ingest.registry import (
     run_stage,
     stage_outcome,
 )
+from framesift.io.leases import Attempt, run_id_of
 from framesift.io.s3 import S3Object, head
 
 log = logging.getLogger("framesift.ingest")
@@ -39,7 +40,7 @@ def register_uploads(
     db: Database,
     cfg: PipelineConfig,
     *,
-    run_id: str,
+    run_id: str | Attempt,
     event_payloads: Iterable[dict[str, Any]] | None = None,
     prefix: str | None = None,
 ) -> list[VideoRef]:
@@ -47,11 +48,13 @@ def register_uploads(
 
     With ``event_payloads`` (an asset-triggered run) the objects come from the events;
     otherwise the prefix is listed. Videos registered earlier whose pipeline stopped half
-    way (``registry.RESUMABLE``, or ``failed`` fewer than MAX_ATTEMPTS times) are picked
-    up too, so a crashed run's work is not lost; each stage then claims what it can. At
-    most ``discovery.max_videos_per_run`` are returned (see ``_batch`` for which come
-    first); the rest wait for the next run.
+    way (``registry.RESUMABLE``, or ``failed`` fewer than MAX_ATTEMPTS times) and videos
+    stranded in a working status (their claim's lease ran out: the worker was killed)
+    are picked up too, so a crashed run's work is not lost; each stage then claims what
+    it can. At most ``discovery.max_videos_per_run`` are returned (see ``_batch`` for
+    which come first); the rest wait for the next run.
     """
+    run_id = run_id_of(run_id)
     registry.ensure_indexes(db)
     payloads = list(event_payloads or [])
     if payloads:
@@ -85,19 +88,27 @@ def register_uploads(
 
 def _batch(db: Database, limit: int) -> list[dict[str, Any]]:
     """The run's videos, oldest first within each group: videos no run has moved for
-    ``RESUME_IDLE`` (a run stopped half way), then new uploads, then the rest of the
-    resumable ones (most likely still in an overlapping run's hands), so that overlapping
-    runs drain new uploads instead of taking each other's batches."""
+    ``RESUME_IDLE`` (a run stopped half way), then new uploads, then stranded videos (in
+    a working status whose claim's lease ran out: the worker was killed; the stage takes
+    them over), then the rest of the resumable ones (most likely still in an overlapping
+    run's hands), so that overlapping runs drain new uploads instead of taking each
+    other's batches, and a backlog of stranded videos never crowds out new uploads."""
     resumable = {
         "$or": [
             {"status": {"$in": [s for s in registry.RESUMABLE if s != registry.DISCOVERED]}},
             {"status": FAILED, "attempts": {"$lt": registry.MAX_ATTEMPTS}},
         ]
     }
-    idle_since = registry.now() - RESUME_IDLE
+    ts = registry.now()
+    idle_since = ts - RESUME_IDLE
+    stranded = {
+        "status": {"$in": list(registry.WORKING)},
+        "$or": [{"claim": None}, {"claim.lease_until": {"$lt": ts}}],
+    }
     groups = (
         {**resumable, "updated_at": {"$lt": idle_since}},
         {"status": registry.DISCOVERED},
+        stranded,
         {**resumable, "updated_at": {"$gte": idle_since}},
     )
     batch: list[dict[str, Any]] = []
@@ -118,9 +129,11 @@ def _with_etag(s3, obj: S3Object) -> S3Object:
 
 
 def extract_one(
-    s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str, work_dir: str
+    s3, db: Database, cfg: PipelineConfig, ref: VideoRef, *, run_id: str | Attempt, work_dir: str
 ) -> dict[str, Any]:
     """Claim, extract and record one video. Returns a small outcome dict.
+
+    ``run_id``: the attempt (a plain run id is a first try); see ``registry.claim``.
 
     Bad input ends as ``quarantined`` with a reason (no exception). Infrastructure
     errors mark the video ``failed`` and re-raise, so the caller's retry policy runs.

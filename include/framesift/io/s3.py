@@ -29,13 +29,33 @@ class S3Object:
         return s3_uri(self.bucket, self.key)
 
 
+# The most S3 requests one task process has in flight at once: inference's frame readers
+# and prediction writers (8 + 8) or the prediction readers (16), the frame uploads of
+# extraction (``extraction.upload_workers``), plus a few for listings. A pool smaller than
+# that makes urllib3 drop connections ("Connection pool is full, discarding connection").
+POOL_FLOOR = 32
+POOL_SLACK = 8
+
+
+def pool_size(upload_workers: int = 0) -> int:
+    """HTTP connections an S3 client needs for the stages' thread pools."""
+    return max(POOL_FLOOR, int(upload_workers)) + POOL_SLACK
+
+
+def client_config(upload_workers: int = 0) -> BotoConfig:
+    """botocore settings of framesift's S3 clients: the pool sized to the workers, retries."""
+    return BotoConfig(
+        retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=pool_size(upload_workers)
+    )
+
+
 def make_client(endpoint_url: str | None = None, region_name: str | None = None, **kwargs: Any):
     """A boto3 S3 client; credentials come from the environment or the arguments."""
     return boto3.client(
         "s3",
         endpoint_url=endpoint_url or os.environ.get("FRAMESIFT_S3_ENDPOINT_URL"),
         region_name=region_name or os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        config=BotoConfig(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32),
+        config=kwargs.pop("config", None) or client_config(),
         **kwargs,
     )
 

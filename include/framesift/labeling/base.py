@@ -188,6 +188,48 @@ class FrameAnnotation:
 # ---------------------------------------------------------------------- protocol
 
 
+class CreateGuard(Protocol):
+    """What a backend calls around each platform object it creates, so that a chunk is
+    created at most once even when two attempts race (``labeling.creations`` keeps the
+    records; :data:`NO_GUARD` when a backend is used on its own).
+
+    ``begin(chunk)`` reserves the right to create the chunk (raises ``ClaimLost`` when
+    another attempt holds it) and returns what an earlier attempt noted for it (e.g. an
+    upload job still running); ``note(chunk, **info)`` records such facts; ``check(chunk)``
+    comes right before the platform call (raises ``ClaimLost`` when this attempt lost its
+    claim meanwhile); ``created(chunk, platform_id)`` records the object (raises
+    ``ClaimLost`` when refused: the caller then deletes what it created, a zombie's
+    duplicate).
+    """
+
+    def begin(self, chunk: int) -> dict[str, Any]: ...
+
+    def note(self, chunk: int, **info: Any) -> None: ...
+
+    def check(self, chunk: int) -> None: ...
+
+    def created(self, chunk: int, platform_id: str) -> None: ...
+
+
+class _NoGuard:
+    """A guard that allows everything (a backend used outside the queue's push)."""
+
+    def begin(self, chunk: int) -> dict[str, Any]:
+        return {}
+
+    def note(self, chunk: int, **info: Any) -> None:
+        return None
+
+    def check(self, chunk: int) -> None:
+        return None
+
+    def created(self, chunk: int, platform_id: str) -> None:
+        return None
+
+
+NO_GUARD: CreateGuard = _NoGuard()
+
+
 @runtime_checkable
 class LabelingBackend(Protocol):
     """What every labeling platform offers framesift."""
@@ -198,8 +240,9 @@ class LabelingBackend(Protocol):
         """The project (created on first use) with at least these box classes."""
         ...
 
-    def push_sequence(self, request: SequenceRequest) -> PushedSequence:
-        """Create the sequence (resuming a half-made one: chunks already there are kept)."""
+    def push_sequence(self, request: SequenceRequest, guard: CreateGuard = NO_GUARD) -> PushedSequence:
+        """Create the sequence (resuming a half-made one: chunks already there are kept),
+        each chunk's platform object inside ``guard`` (see :class:`CreateGuard`)."""
         ...
 
     def find_sequence(self, idempotency_key: str) -> PushedSequence | None:

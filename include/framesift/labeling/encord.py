@@ -1,10 +1,9 @@
 """Encord through its Python SDK (``encord``, imported when the backend is built).
 
 Per push (one video): the selected frames (time order) are downloaded from S3 into a
-temporary folder and uploaded as an **image sequence** into a storage folder
-(``StorageFolder.create_image_sequence(file_paths, title=..., client_metadata=...)``;
-Encord builds a video from them, so all frames of a sequence must share one size, which
-frames of one video do), linked into the project's dataset (``Dataset.link_items``), and
+temporary folder and uploaded as an **image sequence** into a storage folder (Encord
+builds a video from them, so all frames of a sequence must share one size, which frames
+of one video do), linked into the project's dataset (``Dataset.link_items``), and
 pre-annotated: the label row of the new data unit gets one bounding-box object per
 predicted box (coordinates normalised to 0..1, ``confidence`` = score,
 ``manual_annotation=False``), then ``save()``.
@@ -13,6 +12,20 @@ On first use ``ensure_project`` creates an ontology of bounding-box objects (one
 class), a dataset without a backing folder, the project (``create_project``), and a
 storage folder named like the project; later calls find them by title/name and add any
 missing classes to the ontology.
+
+The upload job: Encord registers an image sequence asynchronously, in an upload job.
+``StorageFolder.create_image_sequence`` starts the job and then polls it for up to 7
+days without handing out its id, so a worker killed while it waits leaves a job running
+that nobody knows about, and a retry that lists the folder before the job is done finds
+nothing and uploads again. So the push does what that method does, in two steps: it
+uploads the frames to the signed URLs and starts the job (``_start_upload``, the same
+SDK calls as ``create_image_sequence`` in encord 0.1.211, pinned), notes the job id in
+the push's create-once record (``labeling.creations``), and waits for it with
+``add_private_data_to_folder_get_result`` for at most ``job_timeout_s`` (default 600 s;
+the connection extra ``upload_job_timeout_s``) before it lists or links anything. A job
+still running then is a clear, retryable error naming the job; the next try waits for
+the same job instead of uploading again. A failed or cancelled job is a BackendError
+with Encord's errors.
 
 Keys: every item is titled ``<title> <key> part i of n`` and carries ``client_metadata``
 ``{framesift_key, chunk, n_chunks, frame_names, frame_width, frame_height, video_key,
@@ -46,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -56,10 +70,12 @@ from framesift.labeling.base import (
     DONE,
     IN_PROGRESS,
     IN_QUEUE,
+    NO_GUARD,
     BackendError,
     BackendUnavailable,
     BadCredentials,
     Box,
+    CreateGuard,
     FrameAnnotation,
     LabelingError,
     ProjectRef,
@@ -74,11 +90,13 @@ from framesift.labeling.base import (
     image_size,
     read_frame,
 )
+from framesift.labeling.encord_jobs import start_image_sequence, wait_for_job
 
 log = logging.getLogger("framesift.labeling.encord")
 
 DEFAULT_DOMAIN = "https://api.encord.com"
 DEFAULT_MAX_FRAMES_PER_SEQUENCE = 500
+DEFAULT_JOB_TIMEOUT_S = 600.0
 KEY_FIELD = "framesift_key"
 
 # legacy (non-workflow) projects: AnnotationTaskStatus -> (labeling, reviewing)
@@ -119,6 +137,9 @@ class EncordBackend:
         max_frames_per_sequence: int = DEFAULT_MAX_FRAMES_PER_SEQUENCE,
         folder_name: str | None = None,
         work_dir: str | None = None,
+        job_timeout_s: float = DEFAULT_JOB_TIMEOUT_S,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ):
         if max_frames_per_sequence < 1:
             raise ValueError("max_frames_per_sequence must be >= 1")
@@ -129,6 +150,8 @@ class EncordBackend:
         self.folder_name = folder_name or project_name
         self.max_frames_per_sequence = max_frames_per_sequence
         self.work_dir = work_dir
+        self.job_timeout_s = float(job_timeout_s)
+        self._sleep, self._clock = sleep, clock
         self._factory = client_factory
         self._user_client: Any = None
         self._project: Any = None
@@ -156,6 +179,8 @@ class EncordBackend:
         for name in ("max_frames_per_sequence", "folder_name"):
             if name in credentials and name not in kwargs:
                 kwargs[name] = credentials[name]
+        if "upload_job_timeout_s" in credentials and "job_timeout_s" not in kwargs:
+            kwargs["job_timeout_s"] = float(credentials["upload_job_timeout_s"])
         if "max_frames_per_sequence" in kwargs:
             kwargs["max_frames_per_sequence"] = int(kwargs["max_frames_per_sequence"])
         return cls(
@@ -311,7 +336,7 @@ class EncordBackend:
             return None  # half pushed: push_sequence completes it
         return self._pushed(idempotency_key, rows)
 
-    def push_sequence(self, request: SequenceRequest) -> PushedSequence:
+    def push_sequence(self, request: SequenceRequest, guard: CreateGuard = NO_GUARD) -> PushedSequence:
         if not request.frame_names:
             raise ValueError(f"sequence {request.title!r} has no frames")
         key = request.idempotency_key
@@ -323,25 +348,34 @@ class EncordBackend:
         if todo:
             folder = self._get_folder()
             dataset = self._get_dataset()
-            with self._errors("list storage items"):
-                items = {}
-                for item in folder.list_items(search=key):
-                    meta = item.client_metadata or {}
-                    if meta.get(KEY_FIELD) == key:
-                        items.setdefault(int(meta.get("chunk", 1)), item)
+            items = self._items_with_key(folder, key)
             if any(i not in items for i in todo):
                 check_frames_exist(self.s3, request)  # before uploading anything
             for i in todo:
                 names = chunks[i - 1]
+                noted = guard.begin(i)
                 if i in items:
                     item_uuid = items[i].uuid
                     log.info("%s part %d/%d was uploaded before; linking it", request.title, i, n)
+                elif noted.get("job"):
+                    log.info(
+                        "%s part %d/%d: waiting for the upload job %s an earlier try started",
+                        request.title,
+                        i,
+                        n,
+                        noted["job"],
+                    )
+                    item_uuid = self._wait_job(folder, noted["job"], request.title, i, n)
                 else:
-                    item_uuid = self._upload_chunk(folder, request, names, i, n)
+                    guard.check(i)
+                    job = self._start_upload(folder, request, names, i, n)
+                    guard.note(i, job=str(job), folder=str(folder.uuid))
+                    item_uuid = self._wait_job(folder, job, request.title, i, n)
                 with self._errors("link items"):
                     linked = dataset.link_items([item_uuid])
                 if not linked:
                     raise BackendError(f"Encord linked nothing for item {item_uuid} of {request.title!r}")
+                guard.created(i, str(item_uuid))
                 log.info(
                     "pushed %s part %d/%d (%d frames) as Encord data unit %s",
                     request.title,
@@ -360,7 +394,18 @@ class EncordBackend:
             self._pre_annotate(rows[i], request, chunks[i - 1])
         return self._pushed(key, rows)
 
-    def _upload_chunk(self, folder: Any, request: SequenceRequest, names: list[str], i: int, n: int) -> Any:
+    def _items_with_key(self, folder: Any, key: str) -> dict[int, Any]:
+        """The storage items (finished uploads) of this key, by chunk."""
+        with self._errors("list storage items"):
+            items: dict[int, Any] = {}
+            for item in folder.list_items(search=key):
+                meta = item.client_metadata or {}
+                if meta.get(KEY_FIELD) == key:
+                    items.setdefault(int(meta.get("chunk", 1)), item)
+        return items
+
+    def _start_upload(self, folder: Any, request: SequenceRequest, names: list[str], i: int, n: int) -> Any:
+        """Upload one chunk's frames and start its upload job; the job id."""
         title = f"{request.title} {request.idempotency_key} part {i} of {n}"
         with tempfile.TemporaryDirectory(prefix="framesift-encord-", dir=self.work_dir) as tmp:
             paths, size = [], None
@@ -369,7 +414,7 @@ class EncordBackend:
                 size = size or image_size(data)
                 path = Path(tmp) / name
                 path.write_bytes(data)
-                paths.append(str(path))
+                paths.append(path)
             meta = {
                 KEY_FIELD: request.idempotency_key,
                 "chunk": i,
@@ -381,8 +426,19 @@ class EncordBackend:
                 "video_id": request.video_id,
                 "selection_id": request.selection_id,
             }
-            with self._errors("create image sequence"):
-                return folder.create_image_sequence(paths, title=title, client_metadata=meta)
+            with self._errors("upload image sequence"):
+                return start_image_sequence(folder, paths, title, meta)
+
+    def _wait_job(self, folder: Any, job: Any, title: str, i: int, n: int) -> Any:
+        with self._errors("upload job status"):
+            return wait_for_job(
+                folder,
+                job,
+                f"{title!r} part {i} of {n}",
+                timeout_s=self.job_timeout_s,
+                sleep=self._sleep,
+                clock=self._clock,
+            )
 
     def _pre_annotate(self, row: Any, request: SequenceRequest, names: list[str]) -> None:
         if not any(request.predictions.get(name) for name in names):

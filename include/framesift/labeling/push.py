@@ -8,6 +8,7 @@ Mongo ``labeling_queue`` record and never creates a platform task twice.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from pymongo.database import Database
@@ -16,6 +17,7 @@ from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
+from framesift.io.leases import Attempt, as_attempt
 from framesift.labeling.base import LabelingBackend, build_request
 from framesift.labeling.queue import push_exactly_once
 
@@ -23,15 +25,41 @@ log = logging.getLogger("framesift.push")
 
 
 def push_items(db: Database, selection: dict[str, Any]) -> list[dict[str, Any]]:
-    """One push item per video of a selection that has selected frames (for mapping)."""
+    """One push item per video of a selection that has selected frames (for mapping).
+
+    A video re-selected since by another selection (its record names that one) is left
+    to that selection's push."""
     items = []
     for video in selection.get("videos", []):
         doc = registry.get(db, video["video_id"]) or {}
         frames = doc.get("selected_frames") or []
-        if frames:
-            ref = VideoRef(doc["_id"], doc["bucket"], doc["key"], doc["etag"], doc.get("size", 0))
-            items.append({**ref.to_dict(), "selection_id": selection["_id"], "n_frames": len(frames)})
+        if frames and doc.get("selection_id") in (None, selection["_id"]):
+            items.append(_item(doc))
     return items
+
+
+def resumed_push_items(
+    db: Database, video_ids: list[str], exclude: set[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Push items for videos of a run's batch that an earlier run selected but never
+    pushed: ``selected``, or stranded in ``pushing`` (their claim's lease ran out)."""
+    ts = registry.now()
+    docs = db[registry.VIDEOS].find(
+        {
+            "_id": {"$in": [v for v in video_ids if v not in exclude]},
+            "selection_id": {"$ne": None},
+            "$or": [
+                {"status": registry.SELECTED},
+                {"status": registry.PUSHING, "$or": [{"claim": None}, {"claim.lease_until": {"$lt": ts}}]},
+            ],
+        }
+    )
+    return [_item(d) for d in docs if d.get("selected_frames")]
+
+
+def _item(doc: dict[str, Any]) -> dict[str, Any]:
+    ref = VideoRef(doc["_id"], doc["bucket"], doc["key"], doc["etag"], doc.get("size", 0))
+    return {**ref.to_dict(), "selection_id": doc["selection_id"], "n_frames": len(doc["selected_frames"])}
 
 
 def push_video(
@@ -41,55 +69,57 @@ def push_video(
     item: dict[str, Any],
     backend: LabelingBackend,
     *,
-    run_id: str,
-    owner: str,
+    run_id: str | Attempt,
+    owner: str | None = None,
 ) -> dict[str, Any]:
-    """Push one video's selected frames; return its ``labeling_queue`` record."""
-    doc = registry.claim(db, item["video_id"], run_id, to=registry.PUSHING, from_statuses=[registry.SELECTED])
-    if doc is None:
-        current = registry.get(db, item["video_id"]) or {}
-        log.info("push %s: not claimable (now %s)", item["key"], current.get("status"))
-        return {"skipped": True, "status": current.get("status"), "labeling": current.get("labeling")}
-    task = doc["inference"]["task_name"]
-    preds = predictions.read_predictions(s3, cfg, doc["_id"], task)
-    request = build_request(
-        cfg,
-        selection_id=item["selection_id"],
-        video_id=doc["_id"],
-        video_key=doc["key"],
-        frame_names=doc["selected_frames"],
-        predictions=[{"file_name": name, "predictions": boxes} for name, boxes in preds.items()],
-        schema=predictions.read_schema(s3, cfg, doc["_id"], task),
-        model_version=doc["inference"].get("model_uri"),
-    )
-    try:
+    """Push one video's selected frames; return its ``labeling_queue`` record's summary.
+
+    ``run_id``: the attempt (a plain run id is a first try; ``owner`` then names the task).
+    The video is claimed into ``pushing`` (a stranded push is taken over), the claim is
+    renewed while the platform is called, and ``pushed`` is recorded only while it is
+    still held. The sequence comes from the video's record (its ``selection_id`` and
+    ``selected_frames``), the source of truth.
+    """
+    attempt = as_attempt(run_id)
+    if owner and attempt.task is None:
+        attempt = replace(attempt, task=owner)
+    ref = VideoRef(item["video_id"], item["bucket"], item["key"], item["etag"], item.get("size", 0))
+    out: dict[str, Any] = {}
+
+    def work():
+        doc = registry.get(db, ref.video_id) or {}
+        task = doc["inference"]["task_name"]
+        preds = predictions.read_predictions(s3, cfg, doc["_id"], task)
+        request = build_request(
+            cfg,
+            selection_id=doc["selection_id"],
+            video_id=doc["_id"],
+            video_key=doc["key"],
+            frame_names=doc["selected_frames"],
+            predictions=[{"file_name": name, "predictions": boxes} for name, boxes in preds.items()],
+            schema=predictions.read_schema(s3, cfg, doc["_id"], task),
+            model_version=doc["inference"].get("model_uri"),
+        )
         record = push_exactly_once(
-            db, backend, request, labeler=cfg.labeling.labeler, reviewer=cfg.labeling.reviewer, owner=owner
+            db, backend, request, labeler=cfg.labeling.labeler, reviewer=cfg.labeling.reviewer, owner=attempt
         )
-    except Exception as exc:
-        registry.mark(
-            db, doc["_id"], registry.FAILED, run_id, reason=f"pushing: {exc}", failed_stage=registry.PUSHING
-        )
-        raise
-    labeling = {
-        "backend": record.get("backend"),
-        "ids": record.get("backend_ids"),
-        "url": record.get("url") or record.get("project_url"),
-        "project_url": record.get("project_url"),
-        "idempotency_key": request.idempotency_key,
-        "frames": len(request.frame_names),
-    }
-    registry.mark(db, doc["_id"], registry.PUSHED, run_id, labeling=labeling)
-    log.info(
-        "push %s: %d frames -> %s %s",
-        doc["key"],
-        len(request.frame_names),
-        labeling["backend"],
-        labeling["url"],
+        labeling = {
+            "backend": record.get("backend"),
+            "ids": record.get("backend_ids"),
+            "url": record.get("url") or record.get("project_url"),
+            "project_url": record.get("project_url"),
+            "idempotency_key": request.idempotency_key,
+            "frames": len(request.frame_names),
+        }
+        out.update(labeling=labeling, record_id=str(record.get("_id")))
+        return registry.PUSHED, None, {"labeling": labeling}
+
+    doc, did = registry.run_stage(
+        db, ref, attempt, working=registry.PUSHING, from_statuses=[registry.SELECTED], work=work
     )
-    return {
-        "skipped": False,
-        "status": registry.PUSHED,
-        "labeling": labeling,
-        "record_id": str(record.get("_id")),
-    }
+    if not did:
+        log.info("push %s: not pushed by this attempt (now %s)", ref.key, doc.get("status"))
+        return {"skipped": True, "status": doc.get("status"), "labeling": doc.get("labeling")}
+    labeling = out["labeling"]
+    log.info("push %s: %d frames -> %s %s", ref.key, labeling["frames"], labeling["backend"], labeling["url"])
+    return {"skipped": False, "status": registry.PUSHED, "labeling": labeling, "record_id": out["record_id"]}

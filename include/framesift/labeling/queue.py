@@ -13,10 +13,16 @@ video and backend share one record), claims it, pushes, then records the platfor
 (state ``pushed``). A retry after a crash between the push and the record finds the
 sequence on the platform by its key (``backend.find_sequence``) and completes the record
 instead of pushing again; if the crash came mid-push (some chunks created), the backend's
-push resumes and creates only the missing chunks. A claim (``claimed_by`` /
-``claimed_until``) keeps two live workers from pushing the same key at once; a retry by
-the same owner (e.g. the same Airflow task instance, which the glue passes as ``owner``)
-takes its own claim over at once, anyone else waits for the lease to run out.
+push resumes and creates only the missing chunks.
+
+The claim (``claim``: the attempt, a fencing token, a lease; :mod:`framesift.io.leases`)
+keeps two live attempts from pushing the same key at once: one holds it, a heartbeat
+renews it while the push runs, a live lease is never taken over (a retry of the same
+task waits for its earlier try's lease to run out; anyone else gets
+:class:`PushInProgress`). Each chunk's platform object is created inside a create-once
+guard (``labeling.creations``), and the final write is conditional on the token, so a
+zombie (an attempt that lost its claim but still runs) neither creates a second task nor
+overwrites the record: both are refused and logged.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +39,17 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError
 
+from framesift.io import faults
+from framesift.io.leases import (
+    Attempt,
+    ClaimLost,
+    Heartbeat,
+    Lease,
+    as_attempt,
+    claimable,
+    describe,
+    wait_for_lapse,
+)
 from framesift.labeling.base import (
     DONE,
     IN_QUEUE,
@@ -41,12 +59,12 @@ from framesift.labeling.base import (
     SequenceNotFound,
     SequenceRequest,
 )
+from framesift.labeling.creations import MongoCreateGuard
 
 log = logging.getLogger("framesift.labeling_queue")
 
 COLLECTION = "labeling_queue"
 PENDING, PUSHED = "pending", "pushed"
-DEFAULT_LEASE = timedelta(minutes=15)
 
 # the book's field names
 NAME_DATASET = "Name dataset"
@@ -86,7 +104,7 @@ class PushInProgress(LabelingError):
     def __init__(self, key: str, owner: str, until: datetime):
         self.key, self.owner, self.until = key, owner, until
         self.retry_after = max(0.0, (until - _now()).total_seconds())
-        super().__init__(f"push {key} is claimed by {owner} until {until.isoformat()}")
+        super().__init__(f"push {key} is claimed by {owner}")
 
 
 def _now() -> datetime:
@@ -144,8 +162,7 @@ def new_record(
         "pushed_at": None,
         "attempts": 0,
         "recovered": False,
-        "claimed_by": None,
-        "claimed_until": None,
+        "claim": None,
         "last_error": None,
         "status_history": [],
     }
@@ -158,24 +175,30 @@ def push_exactly_once(
     *,
     labeler: str | None = None,
     reviewer: str | None = None,
-    owner: str | None = None,
-    lease: timedelta = DEFAULT_LEASE,
+    owner: str | Attempt | None = None,
+    lease: timedelta | None = None,
     after_push: Callable[[PushedSequence], None] | None = None,
 ) -> dict[str, Any]:
     """Push one sequence at most once per idempotency key; return its queue record.
 
-    ``after_push`` runs between the platform call and the record update (tests use it
-    to simulate a crash there). Raises the backend's errors (the record stays
-    ``pending`` with ``last_error``, so the next try resumes) and PushInProgress.
+    ``owner``: the attempt (under Airflow: run, task and try number); a plain string is a
+    first try of that owner. ``lease`` overrides the attempt's lease. ``after_push`` runs
+    between the platform call and the record update (tests use it to simulate a crash
+    there). Raises the backend's errors (the record stays ``pending`` with
+    ``last_error``, so the next try resumes), PushInProgress (another attempt holds a
+    live claim) and ClaimLost (this attempt lost its claim while pushing: a zombie).
     """
     coll = collection(db)
     ensure_indexes(db)
-    owner = owner or default_owner()
+    attempt = owner if isinstance(owner, Attempt) else as_attempt(owner or default_owner())
+    if not isinstance(owner, Attempt):
+        attempt = replace(attempt, task=attempt.run_id)
+    if lease is not None:
+        attempt = replace(attempt, lease_s=lease.total_seconds())
     key = request.idempotency_key
-    now = _now()
     existed = False
     try:
-        coll.insert_one(new_record(backend.name, request, labeler=labeler, reviewer=reviewer, now=now))
+        coll.insert_one(new_record(backend.name, request, labeler=labeler, reviewer=reviewer, now=_now()))
     except DuplicateKeyError:
         existed = True
     record = coll.find_one({"_id": key})
@@ -185,54 +208,38 @@ def push_exactly_once(
         log.info("sequence %s already pushed (%s); nothing to do", request.title, record.get("url"))
         return record
 
-    # claim it: free, expired, or already ours (a retry of the same task)
-    until = now + lease
-    claimed = coll.find_one_and_update(
-        {
-            "_id": key,
-            "state": PENDING,
-            "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}, {"claimed_by": owner}],
-        },
-        {"$set": {"claimed_by": owner, "claimed_until": until, "updated_at": now}, "$inc": {"attempts": 1}},
-        return_document=ReturnDocument.AFTER,
-    )
-    if claimed is None:
-        current = coll.find_one({"_id": key}) or {}
-        if current.get("state") == PUSHED:
-            return current
-        raise PushInProgress(
-            key, str(current.get("claimed_by")), _aware(current.get("claimed_until")) or until
-        )
-
+    held = _claim(coll, key, attempt)
+    if isinstance(held, dict):
+        return held  # pushed by someone else meanwhile
+    guard = MongoCreateGuard(db, key, held, fault_key=request.video_key)
     pushed: PushedSequence | None = None
     try:
-        if existed:
-            # an earlier try may have pushed and died before recording: look on the platform first
-            pushed = backend.find_sequence(key)
-            if pushed is not None:
-                log.info("recovered sequence %s from the platform (%s); not pushing again", key, pushed.url)
-        recovered = pushed is not None
-        if pushed is None:
-            pushed = backend.push_sequence(request)
-        if after_push is not None:
-            after_push(pushed)
+        with Heartbeat([held], attempt.heartbeat_s, log):
+            if existed:
+                # an earlier try may have pushed and died before recording: look on the platform first
+                pushed = backend.find_sequence(key)
+                if pushed is not None:
+                    log.info(
+                        "recovered sequence %s from the platform (%s); not pushing again", key, pushed.url
+                    )
+            recovered = pushed is not None
+            if pushed is None:
+                pushed = backend.push_sequence(request, guard)
+            faults.point("push.after_platform", key=request.video_key, attempt=attempt)
+            if after_push is not None:
+                after_push(pushed)
+    except ClaimLost:
+        raise
     except Exception as exc:
         coll.update_one(
-            {"_id": key, "claimed_by": owner},
-            {
-                "$set": {
-                    "last_error": f"{type(exc).__name__}: {exc}",
-                    "claimed_by": None,
-                    "claimed_until": None,
-                    "updated_at": _now(),
-                }
-            },
+            held.filter(),
+            {"$set": {"last_error": f"{type(exc).__name__}: {exc}", "claim": None, "updated_at": _now()}},
         )
         raise
 
     done_at = _now()
     final = coll.find_one_and_update(
-        {"_id": key},
+        held.filter(),
         {
             "$set": {
                 "state": PUSHED,
@@ -244,14 +251,28 @@ def push_exactly_once(
                 "pushed_at": done_at,
                 DATE: done_at,
                 "recovered": recovered,
-                "claimed_by": None,
-                "claimed_until": None,
+                "claim": None,
                 "last_error": None,
                 "updated_at": done_at,
             }
         },
         return_document=ReturnDocument.AFTER,
     )
+    if final is None:
+        current = coll.find_one({"_id": key}) or {}
+        log.warning(
+            "refused the queue record write of %s for %s: it no longer holds the claim (%s holds it; "
+            "state %s); the platform has the sequence, the holder records it",
+            attempt,
+            key,
+            describe(current.get("claim")),
+            current.get("state"),
+        )
+        coll.update_one(
+            {"_id": key},
+            {"$push": {"refused": {"at": done_at, "attempt": attempt.owner, "ids": list(pushed.ids)}}},
+        )
+        raise ClaimLost(f"record of {key}", current.get("claim"))
     log.info(
         "queued %s: %d frames in %d part(s) on %s (%s)",
         request.title,
@@ -261,6 +282,32 @@ def push_exactly_once(
         pushed.url,
     )
     return final
+
+
+def _claim(coll, key: str, attempt: Attempt) -> Lease | dict[str, Any]:
+    """Claim the pending record for ``attempt``: its Lease, or the record if it was pushed
+    meanwhile. A retry waits (bounded) for its earlier try's lease; PushInProgress else."""
+    while True:
+        at = _now()
+        new = attempt.new_claim(at)
+        claimed = coll.find_one_and_update(
+            {"_id": key, "state": PENDING, "$or": claimable(attempt, at)},
+            {"$set": {"claim": new, "updated_at": at}, "$inc": {"attempts": 1}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if claimed is not None:
+            return Lease(coll, key, new["token"], attempt)
+        current = coll.find_one({"_id": key}) or {}
+        if current.get("state") == PUSHED:
+            return current
+
+        def read():
+            doc = coll.find_one({"_id": key}, {"state": 1, "claim": 1}) or {}
+            return doc.get("claim") if doc.get("state") == PENDING else None
+
+        if not wait_for_lapse(read, attempt, f"push {key}", log):
+            holder = current.get("claim") or {}
+            raise PushInProgress(key, describe(holder), _aware(holder.get("lease_until")) or at)
 
 
 def sync_status(db: Database, backend: LabelingBackend, *, limit: int | None = None) -> dict[str, int]:

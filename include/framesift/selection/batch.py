@@ -17,7 +17,7 @@ import hashlib
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from framesift.config.schema import PipelineConfig, SelectionConfig
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
 from framesift.io.context import StageContext
+from framesift.io.leases import Attempt, Heartbeat, Lease, as_attempt
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
 from framesift.selection.batch_inputs import by_space, check_supported, query_sets, read_inputs, split_budget
 from framesift.selection.datapool import SELECTIONS, Datapool, read_datapool, write_datapool
@@ -51,6 +52,10 @@ log = logging.getLogger("framesift.select")
 NEAR_DUPLICATE_DISTANCE = 0.05
 
 
+# the plan's claims must outlive the wait for the shard tasks and the merge
+PLAN_LEASE_FACTOR = 10
+
+
 def selection_id(run_id: str, video_ids: list[str]) -> str:
     return hashlib.sha1(f"{run_id}|{','.join(sorted(video_ids))}".encode()).hexdigest()[:16]
 
@@ -63,6 +68,8 @@ class Batch:
     sid: str
     docs: list[dict[str, Any]]
     settings: SelectionConfig
+    # the claims on the videos (by video id); every status written is conditional on them
+    leases: dict[str, Lease] = field(default_factory=dict)
 
     def spec(self, cfg: PipelineConfig, labeled: int) -> SelectionSpec:
         """The spec, with the default recipe's regime for ``labeled`` datapool frames."""
@@ -87,27 +94,37 @@ def _videos(db: Database, video_ids: list[str]) -> list[dict[str, Any]]:
     return [by_id[v] for v in video_ids if v in by_id]
 
 
-def _claim(ctx: StageContext, refs: list[VideoRef]) -> list[dict[str, Any]]:
-    claimed = []
+def _claim(ctx: StageContext, refs: list[VideoRef], attempt: Attempt) -> tuple[list[dict[str, Any]], dict]:
+    """Claim the inferred videos (and stranded ``selecting`` ones) for this attempt."""
+    claimed, leases = [], {}
     for ref in refs:
         doc = registry.claim(
-            ctx.db, ref.video_id, ctx.run_id, to=registry.SELECTING, from_statuses=[registry.INFERRED]
+            ctx.db, ref.video_id, attempt, to=registry.SELECTING, from_statuses=[registry.INFERRED]
         )
         if doc is not None:
             claimed.append(doc)
-    return claimed
+            leases[doc["_id"]] = registry.lease_of(ctx.db, doc, attempt)
+    return claimed, leases
 
 
-def _fail(ctx: StageContext, docs: list[dict[str, Any]], exc: Exception) -> None:
+def _plan_leases(db: Database, plan: dict[str, Any], attempt: Attempt) -> dict[str, Lease]:
+    """The claims ``plan_selection`` took, for the tasks that carry its plan on."""
+    return {
+        vid: registry.lease_of(db, {"_id": vid, "claim": {"token": token}}, attempt)
+        for vid, token in (plan.get("claims") or {}).items()
+    }
+
+
+def _fail(ctx: StageContext, docs: list[dict[str, Any]], exc: Exception, leases: dict[str, Lease]) -> None:
     for doc in docs:
-        registry.mark(
-            ctx.db,
-            doc["_id"],
-            registry.FAILED,
-            ctx.run_id,
-            reason=f"selecting: {exc}",
-            failed_stage=registry.SELECTING,
-        )
+        if doc["_id"] in leases:
+            registry.release(
+                ctx.db,
+                leases[doc["_id"]],
+                registry.FAILED,
+                reason=f"selecting: {exc}",
+                failed_stage=registry.SELECTING,
+            )
 
 
 def plan_selection(
@@ -116,15 +133,21 @@ def plan_selection(
     cfg: PipelineConfig,
     refs: list[VideoRef],
     *,
-    run_id: str,
+    run_id: str | Attempt,
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Split a batch over ``selection.shard_max_frames`` frames into shards (whole videos).
 
     Returns one item per shard for the mapped ``select_shard`` tasks, or ``[]`` when the
     batch fits one worker (``select_batch`` then selects in one pass). The plan is the
-    ``selections`` document in state ``sharded``; a retry returns the same shards.
+    ``selections`` document in state ``sharded``; a retry returns the same shards. The
+    plan's claims (``claims``: video id -> token) carry over to the shard tasks (which
+    renew them) and the merge (whose writes are conditional on them); their lease is
+    ``PLAN_LEASE_FACTOR`` times the attempt's, to bridge the wait between those tasks.
     """
+    attempt = as_attempt(run_id)
+    attempt = replace(attempt, lease_s=attempt.lease_s * PLAN_LEASE_FACTOR)
+    run_id = attempt.run_id
     ctx = StageContext(s3, db, cfg, run_id)
     sid = selection_id(run_id, [r.video_id for r in refs])
     existing = db[SELECTIONS].find_one({"_id": sid}, {"state": 1, "shards": 1})
@@ -145,7 +168,7 @@ def plan_selection(
             settings.shard_max_frames,
         )
         return []
-    claimed = _claim(ctx, refs)
+    claimed, leases = _claim(ctx, refs, attempt)
     shards: list[dict[str, Any]] = []
     for model_id, space_docs in by_space(claimed):  # a shard never mixes embedding spaces
         for doc in space_docs:
@@ -177,6 +200,7 @@ def plan_selection(
             "state": "sharded",
             "config": settings.model_dump(mode="json"),
             "video_ids": [d["_id"] for d in claimed],
+            "claims": {vid: lease.token for vid, lease in leases.items()},
             "n_input": sum(sh["frames"] for sh in shards),
             "shards": shards,
             "created_at": registry.now(),
@@ -207,29 +231,43 @@ def _shard_item(sid: str, shard: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def select_one_shard(s3, db: Database, cfg: PipelineConfig, *, selection_id: str, shard: str) -> str:
-    """Greedy selection on one shard of a plan; its winners go to S3. Returns their URI."""
+def select_one_shard(
+    s3,
+    db: Database,
+    cfg: PipelineConfig,
+    *,
+    selection_id: str,
+    shard: str,
+    attempt: str | Attempt | None = None,
+) -> str:
+    """Greedy selection on one shard of a plan; its winners go to S3. Returns their URI.
+
+    While it works it renews the plan's claims on the shard's videos."""
     plan = db[SELECTIONS].find_one({"_id": selection_id, "state": "sharded"})
     if plan is None:
         raise LookupError(f"selection {selection_id} has no shard plan (was plan_selection run?)")
     entry = next(sh for sh in plan["shards"] if sh["shard"] == shard)
     settings = _plan_settings(plan)
     docs = _videos(db, entry["video_ids"])
+    beat = as_attempt(attempt or plan["run_id"])
+    beat = replace(beat, lease_s=beat.lease_s * PLAN_LEASE_FACTOR)
+    leases = [le for vid, le in _plan_leases(db, plan, beat).items() if vid in set(entry["video_ids"])]
     started = time.perf_counter()
-    inputs = read_inputs(s3, cfg, docs)
-    ctx = StageContext(s3, db, cfg, plan["run_id"])
-    pool = _space_datapool(ctx, selection_id, entry.get("embedding_model_id"), inputs)
-    spec = Batch(selection_id, docs, settings).spec(cfg, len(pool.ids))
-    inputs.query_sets = query_sets(ctx.db, spec, pool)
-    result = select_shard(
-        inputs,
-        spec,
-        total_frames=plan["n_input"],
-        oversample=settings.shard_oversample,
-        shard_id=shard,
-        datapool_embeddings=pool.embeddings,
-        datapool_ids=pool.ids,
-    )
+    with Heartbeat(leases, beat.heartbeat_s, log):
+        inputs = read_inputs(s3, cfg, docs)
+        ctx = StageContext(s3, db, cfg, plan["run_id"])
+        pool = _space_datapool(ctx, selection_id, entry.get("embedding_model_id"), inputs)
+        spec = Batch(selection_id, docs, settings).spec(cfg, len(pool.ids))
+        inputs.query_sets = query_sets(ctx.db, spec, pool)
+        result = select_shard(
+            inputs,
+            spec,
+            total_frames=plan["n_input"],
+            oversample=settings.shard_oversample,
+            shard_id=shard,
+            datapool_embeddings=pool.embeddings,
+            datapool_ids=pool.ids,
+        )
     key = join_key(cfg.storage.output_prefix, "selections", selection_id, "shards", f"{shard}.npz")
     put_bytes(s3, cfg.storage.out_bucket, key, shard_to_bytes(result), "application/octet-stream")
     uri = s3_uri(cfg.storage.out_bucket, key)
@@ -263,7 +301,7 @@ def select_batch(
     cfg: PipelineConfig,
     refs: list[VideoRef],
     *,
-    run_id: str,
+    run_id: str | Attempt,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Select over the run's inferred videos; return the selection record (plain data).
@@ -271,7 +309,11 @@ def select_batch(
     ``overrides``: selection settings from the run's params (``n_samples``,
     ``proportion_samples``, ``strategies``) that replace the config's for this run.
     When ``plan_selection`` split the batch into shards, merges the shards' winners.
+    ``run_id``: the attempt (a plain run id is a first try); the videos' claims are
+    renewed while it selects, and their statuses are written only while they are held.
     """
+    attempt = as_attempt(run_id)
+    run_id = attempt.run_id
     ctx = StageContext(s3, db, cfg, run_id)
     sid = selection_id(run_id, [r.video_id for r in refs])
     existing = db[SELECTIONS].find_one({"_id": sid, "state": {"$in": ["done", "sharded"]}})
@@ -279,18 +321,19 @@ def select_batch(
         log.info("selection %s already done (a retry): %d frames", sid, len(existing["selected"]))
         return existing
     if existing:
-        return _merge(ctx, existing)
+        return _merge(ctx, existing, attempt)
 
     settings = _run_settings(cfg, overrides)
-    claimed = _claim(ctx, refs)
+    claimed, leases = _claim(ctx, refs, attempt)
     if not claimed:
         log.info("selection %s: no inferred videos to select from", sid)
         return {"_id": sid, "state": "empty", "selected": [], "videos": []}
-    batch = Batch(sid, claimed, settings)
+    batch = Batch(sid, claimed, settings, leases)
     try:
-        return _select(ctx, batch)
+        with Heartbeat(leases.values(), attempt.heartbeat_s, log):
+            return _select(ctx, batch)
     except Exception as exc:
-        _fail(ctx, claimed, exc)
+        _fail(ctx, claimed, exc, leases)
         raise
 
 
@@ -324,11 +367,10 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
     n_input = sum(inputs.n for _, _, inputs in groups)
     if not n_input:
         for doc in batch.docs:
-            registry.mark(
+            registry.release(
                 ctx.db,
-                doc["_id"],
+                batch.leases[doc["_id"]],
                 registry.NOT_SELECTED,
-                ctx.run_id,
                 selection_id=batch.sid,
                 selected_frames=[],
             )
@@ -368,11 +410,12 @@ def _select(ctx: StageContext, batch: Batch) -> dict[str, Any]:
     return _finish(ctx, batch, parts, budget)
 
 
-def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
+def _merge(ctx: StageContext, plan: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
     """The second greedy pass over the shards' winners (distributed greedy), per space."""
     docs = _videos(ctx.db, plan["video_ids"])
+    leases = _plan_leases(ctx.db, plan, replace(attempt, lease_s=attempt.lease_s * PLAN_LEASE_FACTOR))
     try:
-        batch = Batch(plan["_id"], docs, _plan_settings(plan))
+        batch = Batch(plan["_id"], docs, _plan_settings(plan), leases)
         missing = [sh["shard"] for sh in plan["shards"] if not sh.get("uri")]
         if missing:
             raise RuntimeError(
@@ -414,7 +457,7 @@ def _merge(ctx: StageContext, plan: dict[str, Any]) -> dict[str, Any]:
         ]
         return _finish(ctx, batch, parts, spec.budget(total), shards=shard_rows)
     except Exception as exc:
-        _fail(ctx, docs, exc)
+        _fail(ctx, docs, exc, leases)
         raise
 
 
@@ -495,7 +538,9 @@ def _finish(
     for doc in batch.docs:
         frames = by_video.get(doc["_id"], [])
         status = registry.SELECTED if frames else registry.NOT_SELECTED
-        registry.mark(ctx.db, doc["_id"], status, ctx.run_id, selection_id=batch.sid, selected_frames=frames)
+        lease = batch.leases.get(doc["_id"])
+        if lease is not None:  # refused (and logged) when another attempt took the video over
+            registry.release(ctx.db, lease, status, selection_id=batch.sid, selected_frames=frames)
     log.info(
         "selection %s: %d of %d frames from %d video(s) (%s%s)%s; report %s",
         batch.sid,

@@ -15,6 +15,25 @@ def context_run_id(context) -> str:
     return context["run_id"]
 
 
+def attempt_of(context, cfg):
+    """This task try as a framesift attempt: the run, the task (with its map index) and
+    the try number, with the config's lease; every claim it takes carries them."""
+    from framesift.io.leases import Attempt
+
+    ti = context["ti"]
+    map_index = getattr(ti, "map_index", -1)
+    task = f"{ti.dag_id}.{ti.task_id}" + (
+        f"[{map_index}]" if map_index is not None and map_index >= 0 else ""
+    )
+    return Attempt(
+        run_id=context["run_id"],
+        try_number=int(getattr(ti, "try_number", 1) or 1),
+        task=task,
+        lease_s=cfg.claims.lease_s,
+        heartbeat_s=cfg.claims.heartbeat_s,
+    )
+
+
 def framesift_hook(config_path):
     from framesift_airflow.hooks import FramesiftHook
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from framesift_airflow.links import ClearMLRunLink
-from framesift_airflow.operators.base import ConfigOperator, framesift_hook
+from framesift_airflow.operators.base import ConfigOperator, attempt_of, framesift_hook
 
 
 def _report_uri(cfg, run_id: str) -> str:
@@ -157,7 +157,6 @@ class DriftLabelingOperator(DriftReportOperator):
             self.log.info("drift.labeling.enabled is false: nothing queued")
             return []
         report = _read_report(hook, self.signals["report_uri"])
-        ti = context["ti"]
         out = respond(
             hook.s3,
             hook.db,
@@ -165,7 +164,7 @@ class DriftLabelingOperator(DriftReportOperator):
             report,
             hook.labeling_backend,
             run_id=context["run_id"],
-            owner=f"{ti.dag_id}/{ti.run_id}/{ti.task_id}",
+            owner=attempt_of(context, hook.config),  # a retry never pushes beside a zombie try
         )
         for item in out:
             self.log.info(

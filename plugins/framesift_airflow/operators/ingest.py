@@ -13,6 +13,7 @@ from framesift_airflow.operators.base import (
     BatchOperator,
     ConfigOperator,
     PerVideoOperator,
+    attempt_of,
     context_run_id,
     framesift_hook,
     work_dir,
@@ -70,12 +71,17 @@ class ExtractFramesOperator(PerVideoOperator):
     ui_color = "#fdf3e8"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.ingest.registry import EXTRACTED, INFERRED, INFERRING
+        from framesift.ingest.registry import EXTRACTED, INFERRED, INFERRING, SELECTING
         from framesift.ingest.stage import extract_one
 
         hook = framesift_hook(self.config_path)
         outcome = extract_one(
-            hook.s3, hook.db, hook.config, self._ref(), run_id=context_run_id(context), work_dir=work_dir()
+            hook.s3,
+            hook.db,
+            hook.config,
+            self._ref(),
+            run_id=attempt_of(context, hook.config),
+            work_dir=work_dir(),
         )
         self.log.info(
             "%s: %s, %s frames at %s (%s corrupt)",
@@ -85,7 +91,8 @@ class ExtractFramesOperator(PerVideoOperator):
             outcome["frames_prefix"],
             outcome["frames_corrupt"],
         )
-        return self._continue_or_skip(outcome, (EXTRACTED, INFERRING, INFERRED))
+        # later stages take over a video stranded in inferring or selecting
+        return self._continue_or_skip(outcome, (EXTRACTED, INFERRING, INFERRED, SELECTING))
 
 
 class InferOperator(PerVideoOperator):
@@ -98,10 +105,13 @@ class InferOperator(PerVideoOperator):
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.inference.stage import infer_one
-        from framesift.ingest.registry import INFERRED
+        from framesift.ingest.registry import INFERRED, SELECTING
 
         hook = framesift_hook(self.config_path)
-        outcome = infer_one(hook.s3, hook.db, hook.config, self._ref(), run_id=context_run_id(context))
+        # the attempt travels as the run id: infer_one hands it to the registry's claim
+        outcome = infer_one(
+            hook.s3, hook.db, hook.config, self._ref(), run_id=attempt_of(context, hook.config)
+        )
         inf = outcome.get("inference") or {}
         self.log.info(
             "%s: %s frames, %s boxes %s, %s frames/s; predictions at %s",
@@ -112,7 +122,7 @@ class InferOperator(PerVideoOperator):
             inf.get("fps"),
             inf.get("predictions_prefix"),
         )
-        return self._continue_or_skip(outcome, (INFERRED,))
+        return self._continue_or_skip(outcome, (INFERRED, SELECTING))
 
 
 class IngestSummaryOperator(BatchOperator):

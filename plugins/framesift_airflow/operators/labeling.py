@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from framesift_airflow.links import LabelingProjectLink
-from framesift_airflow.operators.base import ConfigOperator, PerVideoOperator, context_run_id, framesift_hook
+from framesift_airflow.operators.base import ConfigOperator, PerVideoOperator, attempt_of, framesift_hook
 
 
 class PushSequenceOperator(PerVideoOperator):
@@ -25,8 +25,6 @@ class PushSequenceOperator(PerVideoOperator):
         from framesift.labeling.push import push_video
 
         hook = framesift_hook(self.config_path)
-        ti = context["ti"]
-        owner = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
         try:
             out = push_video(
                 hook.s3,
@@ -34,8 +32,7 @@ class PushSequenceOperator(PerVideoOperator):
                 hook.config,
                 self.video,
                 hook.labeling_backend(),
-                run_id=context_run_id(context),
-                owner=owner,
+                run_id=attempt_of(context, hook.config),
             )
         except BadCredentials as exc:
             raise AirflowFailException(

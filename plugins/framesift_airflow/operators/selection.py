@@ -9,7 +9,7 @@ from framesift_airflow.links import SelectionReportLink
 from framesift_airflow.operators.base import (
     BatchOperator,
     ConfigOperator,
-    context_run_id,
+    attempt_of,
     framesift_hook,
     video_refs,
 )
@@ -34,7 +34,7 @@ class PlanSelectionOperator(BatchOperator):
             hook.db,
             hook.config,
             video_refs(self.videos),
-            run_id=context_run_id(context),
+            run_id=attempt_of(context, hook.config),
             overrides=selection_overrides(dict(context["params"])),
         )
 
@@ -60,7 +60,12 @@ class SelectShardOperator(ConfigOperator):
             self.shard["videos"],
         )
         return select_one_shard(
-            hook.s3, hook.db, hook.config, selection_id=self.shard["selection_id"], shard=self.shard["shard"]
+            hook.s3,
+            hook.db,
+            hook.config,
+            selection_id=self.shard["selection_id"],
+            shard=self.shard["shard"],
+            attempt=attempt_of(context, hook.config),
         )
 
 
@@ -70,14 +75,21 @@ class SelectFramesOperator(BatchOperator):
 
     The run's params (the trigger form) may override the budget (``n_samples`` or
     ``proportion_samples``) and pick a strategy ``preset``; ``dry_run`` stops here.
+    ``batch`` (the run's registered videos): those an earlier run selected but never
+    pushed (``selected``, or stranded in ``pushing``) are pushed by this run too.
     """
 
+    template_fields: Sequence[str] = ("videos", "batch")
     operator_extra_links = (SelectionReportLink(),)
     ui_color = "#e8fdf6"
 
+    def __init__(self, *, batch: Any = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.batch = batch
+
     def execute(self, context) -> list[dict[str, Any]]:
         from framesift.io.s3 import http_url
-        from framesift.labeling.push import push_items
+        from framesift.labeling.push import push_items, resumed_push_items
         from framesift.selection.batch import select_batch
         from framesift.selection.presets import selection_overrides
 
@@ -88,7 +100,7 @@ class SelectFramesOperator(BatchOperator):
             hook.db,
             hook.config,
             video_refs(self.videos),
-            run_id=context_run_id(context),
+            run_id=attempt_of(context, hook.config),
             overrides=selection_overrides(params),
         )
         if record.get("report_uri"):
@@ -104,4 +116,10 @@ class SelectFramesOperator(BatchOperator):
         if params.get("dry_run"):
             self.log.info("dry run: stopping before the push to the labeling platform")
             return []
-        return push_items(hook.db, record)
+        items = push_items(hook.db, record)
+        resumed = resumed_push_items(
+            hook.db, [v["video_id"] for v in self.batch or []], exclude={i["video_id"] for i in items}
+        )
+        for item in resumed:
+            self.log.info("also pushing %s, selected by an earlier run and not pushed yet", item["key"])
+        return items + resumed

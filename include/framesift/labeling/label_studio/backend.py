@@ -37,7 +37,10 @@ Pre-annotations
 Idempotency
     ``push_sequence`` first lists the tasks carrying the request's key and creates only the
     missing chunks, so a retry after a crash never duplicates a task (files uploaded
-    before a crash and never used stay behind as unreferenced uploads).
+    before a crash and never used stay behind as unreferenced uploads). Each task is
+    created inside the push's create-once guard (``labeling.creations``): only the
+    attempt holding the queue record's claim creates it, right after checking it still
+    does; a task whose creation the guard then refuses (a zombie's) is deleted again.
 
 Errors
     401/403 -> BadCredentials (at once); 429 -> waits ``Retry-After`` seconds (up to
@@ -59,13 +62,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from framesift.config.schema import PipelineConfig
+from framesift.io.leases import ClaimLost
 from framesift.labeling.base import (
     DONE,
     IN_PROGRESS,
     IN_QUEUE,
+    NO_GUARD,
     BackendError,
     BadCredentials,
     Box,
+    CreateGuard,
     FrameAnnotation,
     ProjectRef,
     PushedSequence,
@@ -269,7 +275,7 @@ class LabelStudioBackend:
 
     # --- push
 
-    def push_sequence(self, request: SequenceRequest) -> PushedSequence:
+    def push_sequence(self, request: SequenceRequest, guard: CreateGuard = NO_GUARD) -> PushedSequence:
         if not request.frame_names:
             raise ValueError(f"sequence {request.title!r} has no frames")
         self.ensure_project(request.classes)
@@ -293,7 +299,19 @@ class LabelStudioBackend:
             check_frames_exist(self.s3, request)  # before creating anything
         allowed = set(config_labels(project.get("label_config", "")))
         for i in todo:
-            task_id = self._push_chunk(pid, request, chunks[i - 1], i, len(chunks), allowed)
+            guard.begin(i)
+            task_id = self._push_chunk(pid, request, chunks[i - 1], i, len(chunks), allowed, guard)
+            try:
+                guard.created(i, str(task_id))
+            except ClaimLost:
+                self._delete_task(task_id)
+                log.warning(
+                    "deleted Label Studio task %s of %s part %d: another attempt owns this push",
+                    task_id,
+                    request.title,
+                    i,
+                )
+                raise
             existing[i] = {"id": task_id, "data": {"chunk": i, "frame_names": chunks[i - 1]}}
             log.info(
                 "pushed %s part %d/%d (%d frames) as Label Studio task %s",
@@ -313,6 +331,7 @@ class LabelStudioBackend:
         index: int,
         n_chunks: int,
         allowed: set[str],
+        guard: CreateGuard = NO_GUARD,
     ) -> int:
         urls: dict[str, str] = {}
         sizes: dict[str, tuple[int, int]] = {}
@@ -379,6 +398,7 @@ class LabelStudioBackend:
             if scores:
                 prediction["score"] = sum(scores) / len(scores)
             task["predictions"] = [prediction]
+        guard.check(index)  # still ours, right before the task is made
         resp = self.client.request(
             "POST", f"/api/projects/{pid}/import", params={"return_task_ids": "true"}, json=[task]
         )
@@ -386,6 +406,9 @@ class LabelStudioBackend:
         if len(ids) != 1:
             raise BackendError(f"Label Studio import of {title!r} returned task ids {ids!r}, expected one")
         return int(ids[0])
+
+    def _delete_task(self, task_id: int) -> None:
+        self.client.request("DELETE", f"/api/tasks/{int(task_id)}")
 
     def _upload(self, pid: int, batch: list[tuple[str, bytes]]) -> dict[str, str]:
         """Upload files without creating tasks; frame name -> URL Label Studio serves it at."""
