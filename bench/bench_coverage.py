@@ -61,13 +61,14 @@ from common import write_result
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
+from bench_selection_peer import apricot_select  # noqa: E402
+
 from framesift.selection.engine import select  # noqa: E402
 from framesift.selection.inputs import SelectionInputs  # noqa: E402
 from framesift.selection.metrics import coverage  # noqa: E402
 from framesift.selection.spec import parse_selection  # noqa: E402
 
 RANDOM_SEEDS = 10
-KNN = 20
 DIV = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
 
@@ -282,36 +283,6 @@ def uniform_in_time(video: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
         if m:
             picks += list(order[s + ((np.arange(m) + 0.5) * c / m).astype(int)])
     return np.asarray(picks, dtype=np.int64)
-
-
-def apricot_select(x: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
-    from apricot import FacilityLocationSelection
-    from scipy.sparse import csr_matrix
-    from sklearn.neighbors import KNeighborsTransformer
-
-    def graph(data: np.ndarray) -> csr_matrix:
-        g = csr_matrix(
-            KNeighborsTransformer(n_neighbors=min(KNN, len(data) - 1), metric="euclidean").fit_transform(
-                data
-            ),
-            dtype=np.float64,
-        )
-        g.data = g.data.max() - g.data
-        g.indices = g.indices.astype(np.int32)
-        g.indptr = g.indptr.astype(np.int32)
-        return g
-
-    warm = graph(x[:200])  # numba compiles its kernels here, outside the timing
-    FacilityLocationSelection(5, metric="precomputed", optimizer="lazy", random_state=0).fit(warm)
-    t0 = time.perf_counter()
-    g = graph(x)
-    t1 = time.perf_counter()
-    sel = FacilityLocationSelection(k, metric="precomputed", optimizer="lazy", random_state=0).fit(g)
-    t2 = time.perf_counter()
-    return np.asarray(sel.ranking, dtype=np.int64), {
-        "knn_graph_s": round(t1 - t0, 3),
-        "select_s": round(t2 - t1, 3),
-    }
 
 
 # --------------------------------------------------------------------------- metrics

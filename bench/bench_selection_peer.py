@@ -123,7 +123,10 @@ def apricot_select(x: np.ndarray, k: int) -> tuple[np.ndarray, dict]:
 
     def graph(data: np.ndarray) -> csr_matrix:
         g = csr_matrix(
-            KNeighborsTransformer(n_neighbors=KNN, metric="euclidean").fit_transform(data), dtype=np.float64
+            KNeighborsTransformer(n_neighbors=min(KNN, len(data) - 1), metric="euclidean").fit_transform(
+                data
+            ),
+            dtype=np.float64,
         )
         g.data = g.data.max() - g.data
         g.indices = g.indices.astype(np.int32)

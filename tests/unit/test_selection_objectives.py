@@ -223,16 +223,16 @@ def types(s) -> dict:
 
 def test_cold_start_favours_typical_and_diverse_frames():
     s = parse_selection({"n_samples": 10}, labeled=412)
-    assert types(s) == {StrategyType.DIVERSITY: 1.0, StrategyType.TYPICALITY: 0.5}
+    assert types(s) == {StrategyType.DIVERSITY: 1.0, StrategyType.TYPICALITY: 0.25}
     assert s.regime["name"] == "cold_start"
-    assert s.regime["text"] == "regime: cold start, 412 labeled frames < 500 (diversity x typicality 0.5)"
+    assert s.regime["text"] == "regime: cold start, 412 labeled frames < 500 (diversity x typicality 0.25)"
 
 
 def test_uncertainty_gains_weight_as_labels_grow():
     half = parse_selection({"n_samples": 10}, labeled=750)
     assert types(half) == {
         StrategyType.DIVERSITY: 1.0,
-        StrategyType.TYPICALITY: 0.25,
+        StrategyType.TYPICALITY: 0.125,
         StrategyType.WEIGHTS: 0.5,
     }
     assert half.regime["name"] == "warming"
