@@ -1,9 +1,9 @@
 """A promotion does not page on-call; a changed scene still does.
 
 One camera, generated footage, real inference into the embedded stack: the reference
-(the first 13 s) is inferred by the demo detector; then a new model is promoted (the
-same detector with its convolution weights perturbed: another model space, as a
-retrained model is) and the next footage is inferred by it: the same scene unchanged,
+(the first 13 s) is inferred by an ultralytics detector (the bundled YOLOv8 person model,
+which ultralytics can load and save); then a new model is promoted (the same detector
+with its convolution weights perturbed: another model space, as a retrained model is) and the next footage is inferred by it: the same scene unchanged,
 and the same scene at night. Without the reference being re-inferred with the promoted
 model, the unchanged footage alarms on the model change alone.
 """
@@ -18,6 +18,7 @@ import yaml
 from framesift.config.loading import load_config
 from framesift.drift import incidents as alerts
 from framesift.drift import monitor
+from framesift.inference.models import FALL_MODEL_URI
 from framesift.io.s3 import list_objects, upload
 from framesift.local.synth import make_video
 from tests.driftshifts import shifted_copy
@@ -26,13 +27,13 @@ pytestmark = pytest.mark.slow
 
 
 def promoted_checkpoint(dst, seed: int = 0, scale: float = 0.35):
-    """The demo detector with every convolution's weights scaled by (1 + scale * noise)."""
+    """The YOLOv8 person detector with every convolution's weights scaled by (1 + scale * noise)."""
     import torch
     from ultralytics import YOLO
 
-    from framesift.inference.models import default_model_path
+    from framesift.inference.models import fall_model_path
 
-    model = YOLO(str(default_model_path()))
+    model = YOLO(str(fall_model_path()))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in model.model.parameters():
@@ -58,7 +59,7 @@ def world(stack, s3, mongo, tmp_path_factory):
         },
         "mongo": {"database": f"m_{tag}"},
         "extraction": {"sampling": "every_n", "every_n": 2, "dedupe": {"enabled": False}},
-        "inference": {"imgsz": 256, "batch_size": 16},
+        "inference": {"model_uri": FALL_MODEL_URI, "imgsz": 256, "batch_size": 16},
         "drift": {"window_frames": 25, "min_window_frames": 20, "reference_frames": 33, "group_by": "folder"},
     }
     path = tmp / "framesift.yaml"
