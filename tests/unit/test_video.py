@@ -21,8 +21,10 @@ from tests import videofaults
 
 
 def cfg(**kwargs) -> ExtractionConfig:
-    """Extraction config with dedupe off unless asked for, so counts are exact."""
+    """Extraction config with dedupe off unless asked for, so counts are exact, and exact
+    sampling times (keyframe_tolerance 0; the default's keyframe stand-ins: test_decode_floor)."""
     kwargs.setdefault("dedupe", {"enabled": False})
+    kwargs.setdefault("keyframe_tolerance", 0.0)
     kwargs.setdefault("upload_workers", 2)
     return ExtractionConfig(**kwargs)
 
@@ -113,8 +115,14 @@ def test_fps_sampling_keeps_one_frame_per_second(videos):
     assert result.status == "extracted"
     assert result.frame_indices == [0, 30, 60, 90, 120]
     assert result.frame_timestamps_s == pytest.approx([0, 1, 2, 3, 4])
-    assert (result.frames_read, result.frames_written, result.frames_skipped) == (150, 5, 145)
+    # GOPs of 25 frames: each decoded from its keyframe up to the sampled frame, tails not at all
+    counts = (result.frames_read, result.frames_written, result.frames_skipped, result.frames_undecoded)
+    assert counts == (1 + 6 + 11 + 16 + 21, 5, 50, 95)
     assert sorted(sink.frames) == result.frame_names
+    everything, _ = extract(videos["mp4"], cfg(sampling="fps", fps=1.0, skip_decoding=False))
+    assert everything.frame_indices == result.frame_indices
+    counts = (everything.frames_read, everything.frames_written, everything.frames_skipped)
+    assert counts + (everything.frames_undecoded,) == (150, 5, 145, 0)
 
 
 def test_fps_sampling_at_a_fractional_rate(videos):
@@ -130,7 +138,7 @@ def test_fps_above_the_video_rate_keeps_every_frame(videos):
 def test_every_n_sampling(videos):
     result, _ = extract(videos["mp4"], cfg(sampling="every_n", every_n=10))
     assert result.frame_indices == list(range(0, 150, 10))
-    assert result.frames_skipped == 135
+    assert result.frames_skipped + result.frames_undecoded == 135
 
 
 def test_all_sampling(videos):
@@ -245,7 +253,7 @@ def test_mid_stream_corruption_is_counted_and_the_rest_kept(videos, tmp_path):
 
 def test_truncated_file_keeps_the_frames_before_the_cut(videos, tmp_path):
     cut = videofaults.truncated_copy(videos["faststart"], tmp_path / "cut.mp4", 0.5)
-    result, _ = extract(cut, cfg(sampling="fps"))
+    result, _ = extract(cut, cfg(sampling="fps", skip_decoding=False))
     assert result.status == "extracted"
     assert 50 <= result.frames_read <= 90
     assert result.frame_indices == [0, 30, 60]
@@ -388,7 +396,9 @@ def test_progress_and_summary_logging(videos, caplog, monkeypatch):
     extract(videos["mp4"], cfg(sampling="fps"))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1  # a short clip: no progress lines, just the summary
-    assert re.match(r"extract clip: done, 150 frames decoded, 5 written \(145 skipped by sampling", lines[0])
+    assert re.match(
+        r"extract clip: done, 55 frames decoded, 5 written \(50 skipped by sampling, 95 not decoded", lines[0]
+    )
 
     caplog.clear()
     monkeypatch.setattr(video, "PROGRESS_EVERY_S", 0.0)

@@ -38,6 +38,7 @@ def infer_one(
         keep = (
             "frames",
             "frames_failed",
+            "frames_damaged_excluded",
             "boxes",
             "counts",
             "fps",

@@ -164,6 +164,16 @@ def run_inference(
     vid = manifest["video_id"]
     names: list[str] = list(manifest.get("frame_names") or [])
     stem = layout.safe_stem(manifest.get("source", {}).get("key", "") or vid)
+    # frames decoded from damaged references stay out of inference (and so of selection)
+    # unless the extraction said to include them (extraction.damaged_frames)
+    damaged = set(manifest.get("damaged_frames") or [])
+    if damaged and (manifest.get("sampling") or {}).get("damaged_frames", "exclude") == "exclude":
+        names = [n for n in names if n not in damaged]
+        log.info(
+            "infer %s: %d damaged frame(s) left out (extraction.damaged_frames: exclude)", stem, len(damaged)
+        )
+    else:
+        damaged = set()
     task = inf.task_name
     out_bucket = cfg.storage.out_bucket
     if detector is None:
@@ -317,6 +327,7 @@ def run_inference(
         "frames_total": total,
         "frames": done,
         "frames_failed": n_failed,
+        "frames_damaged_excluded": len(damaged),
         "failed_frames": failed,
         "boxes": n_boxes,
         "counts": {detector.names[i]: counts.get(detector.names[i], 0) for i in detector.class_ids},

@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
 from framesift.ingest import registry
+from framesift.ingest.damage import extraction_line
 from framesift.ingest.discovery import find_new_videos, is_video_key, objects_from_trigger_payloads
 from framesift.ingest.registry import (
     DISCOVERED,
@@ -140,8 +141,12 @@ def extract_one(
                     "frames_read",
                     "frames_written",
                     "frames_skipped",
+                    "frames_undecoded",
                     "frames_duplicate",
                     "frames_corrupt",
+                    "frames_damaged",
+                    "first_decode_error",
+                    "damage_ranges_s",
                 )
             },
             "video": {
@@ -191,5 +196,15 @@ def summarize(docs: list[dict[str, Any]]) -> dict[str, Any]:
             }
             for d in docs
             if d["status"] == EXTRACTED
+        ],
+        # videos with frames decoded from damaged references: "extracted 5 frames, 2 damaged (...)"
+        "damaged": [
+            {
+                "key": d["key"],
+                "frames_damaged": d["frames"]["frames_damaged"],
+                "line": extraction_line(d["frames"]),
+            }
+            for d in docs
+            if (d.get("frames") or {}).get("frames_damaged")
         ],
     }
