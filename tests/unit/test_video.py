@@ -310,9 +310,11 @@ def test_limits_are_checked_before_decoding(videos, limits, reason):
 
 
 def test_durations_in_reasons_use_the_unit_of_the_limit():
-    assert video._duration(5.1 * 3600, 4 * 3600) == "5.1 h"
-    assert video._duration(4 * 3600, 4 * 3600) == "4.0 h"
-    assert video._duration(150, 120) == "2.5 min"
+    from framesift.ingest.probe import duration_text
+
+    assert duration_text(5.1 * 3600, 4 * 3600) == "5.1 h"
+    assert duration_text(4 * 3600, 4 * 3600) == "4.0 h"
+    assert duration_text(150, 120) == "2.5 min"
 
 
 # --- infrastructure errors and concurrency ---------------------------------------------

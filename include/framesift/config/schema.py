@@ -117,6 +117,9 @@ class InferenceConfig(_Section):
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     batch_size: int = Field(16, ge=1)
     imgsz: int | None = Field(None, ge=32)  # null: the size the model was trained at
+    # run the detector in the extract task on frames as they are decoded (CPU deployments);
+    # false: the infer task (gpu pool and queue) reads the frames back from S3
+    overlap: bool = True
     prefetch: int = Field(64, ge=1)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 

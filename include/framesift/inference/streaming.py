@@ -148,8 +148,15 @@ def run_inference(
     embedder: Embedder | None = None,
     cache_dir: PathLike | None = None,
     log: logging.Logger | None = None,
+    frames: Iterable[tuple[str, np.ndarray | None, BaseException | None]] | None = None,
+    expected_frames: int | None = None,
 ) -> dict[str, Any]:
     """Predict every frame of ``manifest`` and write Lightly predictions + embeddings.
+
+    ``frames``: ``(name, BGR image, error)`` in time order, instead of reading the manifest's
+    frames back from S3 (the overlap with extraction, :mod:`framesift.inference.overlap`);
+    ``manifest`` then needs only ``video_id``, ``source`` and ``frames_prefix``, and
+    ``expected_frames`` sizes the progress lines.
 
     Frames are read from the manifest's ``frames_prefix`` by a reader pool at most
     ``inference.prefetch`` frames ahead, batched by ``inference.batch_size``; boxes and
@@ -206,7 +213,7 @@ def run_inference(
     n_failed = 0
     done_names: list[str] = []
     n_boxes = 0
-    total = len(names)
+    total = len(names) if frames is None else int(expected_frames or 0)
     batch_size = inf.batch_size
     threads = f" ({import_torch().get_num_threads()} threads)" if str(detector.device) == "cpu" else ""
     log.info(
@@ -261,9 +268,10 @@ def run_inference(
         batch_images.clear()
         progress.update(len(done_names), n_failed)
 
+    source = prefetch_map(fetch, names, prefetch=inf.prefetch) if frames is None else frames
     ok = False
     try:
-        for name, image, error in prefetch_map(fetch, names, prefetch=inf.prefetch):
+        for name, image, error in source:
             if error is not None:
                 if not isinstance(error, FrameError):
                     raise error
@@ -317,6 +325,8 @@ def run_inference(
 
     elapsed = time.monotonic() - started
     done = len(done_names)
+    if frames is not None:
+        total = done + n_failed  # streamed: what came
     summary = {
         "video_id": vid,
         "status": "done" if total else "no_frames",
@@ -389,6 +399,15 @@ class _Progress:
         self.next_log = now + PROGRESS_EVERY_S
         elapsed = now - self.started
         speed = (done + failed) / elapsed if elapsed > 0 else 0.0
+        if not self.total:  # frames streamed from the extraction: the total is not known yet
+            self.log.info(
+                "infer %s: %d frames so far (streamed from extraction), %d failed, %.1f frames/s",
+                self.stem,
+                done + failed,
+                failed,
+                speed,
+            )
+            return
         left = (self.total - done - failed) / speed if speed > 0 else float("nan")
         self.log.info(
             "infer %s: %d/%d frames (%d%%), %d failed, %.1f frames/s, ETA %.0f s",

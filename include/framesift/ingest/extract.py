@@ -44,7 +44,16 @@ from av.video.reformatter import VideoReformatter
 from framesift.config.schema import ExtractionConfig, PipelineConfig
 from framesift.ingest.damage import damage_summary
 from framesift.ingest.packets import DecodePlan, PacketIndex, index_packets, plan_decoding, sampling_times
-from framesift.ingest.probe import BadVideo, VideoInfo, ffmpeg_message, open_video, probe, rotation_of
+from framesift.ingest.probe import (
+    BadVideo,
+    VideoInfo,
+    check_limits,
+    ffmpeg_message,
+    mb_text,
+    open_video,
+    probe,
+    rotation_of,
+)
 from framesift.io import layout
 from framesift.io.s3 import join_key, put_bytes, put_json, s3_uri
 
@@ -52,6 +61,7 @@ _LOG = logging.getLogger("framesift.video")
 
 PathLike = str | os.PathLike[str]
 Sink = Callable[[str, bytes], None]
+FrameHook = Callable[[str, np.ndarray, bool], None]
 
 PROGRESS_EVERY_S = 5.0
 # demux errors in a row after which the rest of the file counts as unreadable
@@ -122,11 +132,14 @@ def extract_frames(
     stem: str,
     video_ext: str,
     log: logging.Logger | None = None,
+    on_frame: FrameHook | None = None,
 ) -> ExtractionResult:
     """Decode ``path``, sample and dedupe frames, and hand each one to ``sink(name, bytes)``.
 
     ``sink`` is called from worker threads (up to ``cfg.upload_workers`` at once) and its
-    exceptions propagate. Damaged packets are counted and skipped. Raises BadVideo for
+    exceptions propagate. ``on_frame(name, bgr_image, damaged)``, when given, sees every
+    written frame upright, in time order, from the decoding thread (the overlap with
+    inference: :mod:`framesift.inference.overlap`); it may block to apply back-pressure. Damaged packets are counted and skipped. Raises BadVideo for
     unusable input: not a video, over a limit, or no frame decodes at all.
     """
     log = log or _LOG
@@ -134,13 +147,14 @@ def extract_frames(
     size = os.path.getsize(path)
     limit_bytes = cfg.max_file_size_mb * 1024 * 1024
     if size > limit_bytes:
-        raise BadVideo(f"file size {_mb(size)} over limit {_mb(limit_bytes)}")
+        raise BadVideo(f"file size {mb_text(size)} over limit {mb_text(limit_bytes)}")
     info = probe(path)
-    _check_limits(info, cfg)
+    check_limits(info, cfg)
     index = index_packets(str(path)) if cfg.sampling != "all" or cfg.skip_decoding else None
 
     result = ExtractionResult.from_info(info, "extracted")
     run = _Extraction(info, cfg, sink, stem, video_ext, log, result, index)
+    run.on_frame = on_frame
     with open_video(path) as container:
         run.decode(container)
     result.elapsed_s = time.monotonic() - started
@@ -170,37 +184,6 @@ def extract_frames(
         speed,
     )
     return result
-
-
-def _check_limits(info: VideoInfo, cfg: ExtractionConfig) -> None:
-    # the stored size is what the decoder allocates, so a portrait phone clip (stored
-    # landscape, rotated for display) passes the same limits as its landscape twin
-    width, height = info.stored_size
-    if width > cfg.max_width or height > cfg.max_height:
-        raise BadVideo(f"resolution {width}x{height} over limit {cfg.max_width}x{cfg.max_height}", info)
-    duration = info.duration_s
-    if duration is None and info.fps:
-        duration = info.n_frames / info.fps
-    if duration is not None and duration > cfg.max_duration_s:
-        raise BadVideo(
-            f"duration {_duration(duration, cfg.max_duration_s)} over limit "
-            f"{_duration(cfg.max_duration_s, cfg.max_duration_s)}",
-            info,
-        )
-
-
-def _mb(n_bytes: float) -> str:
-    mb = n_bytes / 1024 / 1024
-    return f"{mb:.1f} MB" if mb >= 1 else f"{mb:.3f} MB"
-
-
-def _duration(seconds: float, scale: float) -> str:
-    """Seconds in the unit that suits ``scale`` (the limit), so both sides read alike."""
-    if scale >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if scale >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.1f} s"
 
 
 class _Extraction:
@@ -241,6 +224,7 @@ class _Extraction:
         # intentional gaps (a GOP's tail not decoded): frames before the resume point are leftovers
         self.resume_pts: int | None = None
         self.last_pts: int | None = None
+        self.on_frame: FrameHook | None = None
 
     # -- set-up
 
@@ -507,6 +491,8 @@ class _Extraction:
         name = frame_name(self.stem, index, self.info.n_frames, self.video_ext, self.image_ext)
         self._wait(all_done=False)
         self.inflight.add(self.pool.submit(self._encode_and_sink, name, image, rotation))
+        if self.on_frame is not None:
+            self.on_frame(name, cv2.rotate(image, _CV2_ROTATE[rotation]) if rotation else image, damaged)
         self.result.frame_names.append(name)
         self.result.frame_indices.append(index)
         self.result.frame_timestamps_s.append(t)
@@ -564,7 +550,7 @@ _CV2_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2
 
 
 def extract_to_s3(
-    s3, bucket: str, key: str, etag: str, cfg: PipelineConfig, *, work_dir: PathLike, log=None
+    s3, bucket: str, key: str, etag: str, cfg: PipelineConfig, *, work_dir: PathLike, log=None, on_frame=None
 ) -> dict:
     """Extract frames of ``s3://bucket/key`` into the output bucket; return the manifest.
 
@@ -592,7 +578,9 @@ def extract_to_s3(
         log.info("extract %s: downloading s3://%s/%s", stem, bucket, key)
         s3.download_file(bucket, key, tmp_path)
         try:
-            result = extract_frames(tmp_path, ext_cfg, sink, stem=stem, video_ext=ext, log=log)
+            result = extract_frames(
+                tmp_path, ext_cfg, sink, stem=stem, video_ext=ext, log=log, on_frame=on_frame
+            )
         except BadVideo as bad:
             log.warning("extract %s: quarantined: %s", stem, bad.reason)
             result = ExtractionResult.from_info(bad.info, "quarantined", bad.reason)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import av
 
+from framesift.config.schema import ExtractionConfig
+
 PathLike = str | os.PathLike[str]
 
 # packets probe() reads at most while looking for a first frame (for the rotation)
@@ -136,3 +138,34 @@ def _count_packets(path: PathLike) -> int:
         except av.FFmpegError:
             pass  # count what is readable
     return count
+
+
+def check_limits(info: VideoInfo, cfg: ExtractionConfig) -> None:
+    # the stored size is what the decoder allocates, so a portrait phone clip (stored
+    # landscape, rotated for display) passes the same limits as its landscape twin
+    width, height = info.stored_size
+    if width > cfg.max_width or height > cfg.max_height:
+        raise BadVideo(f"resolution {width}x{height} over limit {cfg.max_width}x{cfg.max_height}", info)
+    duration = info.duration_s
+    if duration is None and info.fps:
+        duration = info.n_frames / info.fps
+    if duration is not None and duration > cfg.max_duration_s:
+        raise BadVideo(
+            f"duration {duration_text(duration, cfg.max_duration_s)} over limit "
+            f"{duration_text(cfg.max_duration_s, cfg.max_duration_s)}",
+            info,
+        )
+
+
+def mb_text(n_bytes: float) -> str:
+    mb = n_bytes / 1024 / 1024
+    return f"{mb:.1f} MB" if mb >= 1 else f"{mb:.3f} MB"
+
+
+def duration_text(seconds: float, scale: float) -> str:
+    """Seconds in the unit that suits ``scale`` (the limit), so both sides read alike."""
+    if scale >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if scale >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
