@@ -408,7 +408,7 @@ def test_progress_and_summary_logging(videos, caplog, monkeypatch):
     progress = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert progress
     assert re.match(
-        r"extract clip: \d+/150 frames decoded \(\d+%\), \d+ written, \d+ fps, ETA \d+ s$", progress[0]
+        r"extract clip: \d+/150 frames \(\d+%\), \d+ written, \d+ frames/s, ETA \d+ s$", progress[0]
     )
 
 

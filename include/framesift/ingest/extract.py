@@ -535,7 +535,7 @@ class _Extraction:
         total = max(self.info.n_frames, self.position)
         left = (total - self.position) / speed if speed > 0 else float("nan")
         self.log.info(
-            "extract %s: %d/%d frames decoded (%d%%), %d written, %.0f fps, ETA %.0f s",
+            "extract %s: %d/%d frames (%d%%), %d written, %.0f frames/s, ETA %.0f s",
             self.stem,
             self.position,
             total,
