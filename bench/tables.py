@@ -207,6 +207,8 @@ DETAILS: dict[str, list[tuple[str, str]]] = {
         ("strongest peer", "strongest_peer"),
         ("runtime auto picked", "auto_picked"),
         ("vs ultralytics torch batched", "speedup_vs_ultralytics_torch_batched"),
+        ("strongest peer at float32 (equal precision)", "strongest_peer_at_float32"),
+        ("vs the strongest peer at float32", "speedup_vs_strongest_peer_at_float32"),
         ("GPU variant", "gpu"),
     ],
     "selection": [

@@ -19,10 +19,10 @@ import numpy as np
 
 from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
+from framesift.inference.backends import cpu_threads
 from framesift.inference.detector import Detector
 from framesift.inference.embedders import SSL_BATCH_SIZE, Embedder, SimCLREmbedder, make_embedder
 from framesift.inference.models import PathLike
-from framesift.inference.runtimes import import_torch
 from framesift.io import layout
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, s3_uri, upload
 
@@ -215,7 +215,7 @@ def run_inference(
     n_boxes = 0
     total = len(names) if frames is None else int(expected_frames or 0)
     batch_size = inf.batch_size
-    threads = f" ({import_torch().get_num_threads()} threads)" if str(detector.device) == "cpu" else ""
+    threads = f" ({cpu_threads()} threads)" if str(detector.device) == "cpu" else ""
     log.info(
         "infer %s: %d frames, model %s on %s%s%s (runtime %s), batch %d, imgsz %d, embeddings %s%s",
         stem,
