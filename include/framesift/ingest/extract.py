@@ -355,11 +355,12 @@ class _Extraction:
         if self.result.first_decode_error is None:
             self.result.first_decode_error = message
             self.log.warning(
-                "extract %s: damaged %s at %s: %s; frames until the next keyframe are flagged damaged",
+                "extract %s: damaged %s at %s: %s%s",
                 self.stem,
                 what,
                 f"{self._seconds(pts):.2f} s" if pts is not None else "an unknown time",
                 message,
+                "" if what == "frame" else "; frames until the next keyframe are flagged damaged",
             )
         start = self._seconds(pts) if pts is not None else self._seconds(self.last_pts)
         if not self.damage_active:
@@ -380,13 +381,12 @@ class _Extraction:
         self.result.damage_ranges_s = self.damage_ranges
 
     def _is_damaged(self, frame, pts) -> bool:
-        if frame.is_corrupt:
-            self.result.frames_corrupt += 1
-            if self.result.first_decode_error is None:
+        if frame.is_corrupt:  # the decoder itself flagged it: this frame, not its successors
+            if self.damage_active:
+                self.result.frames_corrupt += 1
+            else:
                 self._error(None, pts, what="frame")
-                self.damage_active = False  # one flagged frame; nothing says its successors are hit
-            t = round(self._seconds(pts), 3) if pts is not None else 0.0
-            self.damage_ranges.append([t, t])
+                self.damage_active = False
             return True
         if not self.damage_active:
             return False
