@@ -3,20 +3,27 @@
 A synthetic 10-minute 1280x720 30 fps H.264 clip (18,000 frames; generated once and
 cached under var/bench/, generation not timed) is uploaded to the embedded S3 (moto) and
 `framesift_ingest` runs through Airflow (`airflow dags test`, the way `make demo` runs it)
-with the default pipeline settings: 1 fps PNG frames, the bundled YOLOv8 detector at
-imgsz 640 with embeddings, selection of 10 % of the frames, one image sequence pushed to
+with the default pipeline settings: 1 fps PNG frames (decode floor on), the bundled COCO
+detector (YOLOv3-tiny, 416 px, runtime auto) with embeddings, run on the frames as they
+decode (inference.overlap), selection of 10 % of the frames, one image sequence pushed to
 a real Label Studio. The clock runs from the start of the upload to the labeling_queue
 record of the pushed task; the stage times come from the registry's history
 (register, extract, infer, select, push), the rest is Airflow's own overhead
 (task start-up, DAG parsing) plus the ClearML summary after the push.
 
-Target: <= 3 minutes on a 2-core machine.
+Target: ratio naive_s / framesift_s >= 2.0 (the project aims at 3).
 
 Peer, in the same run on the same file: the book's naive approach, download the video
-from S3, `ffmpeg -i video -vf fps=1 out_%05d.png` (Debian's ffmpeg), then ultralytics'
-`model.predict(frame)` one frame at a time (same checkpoint, imgsz and confidence, all
-cores). It does less than framesift (no embeddings, no selection, no push, no records), so
-the ratio flatters the peer.
+from S3, `ffmpeg -i video -vf fps=1 out_%05d.png` (Debian's ffmpeg), then
+`model.predict(frame)` one frame at a time with the SAME weights, input size and
+confidence: ultralytics cannot load the Darknet weights, so the per-frame call is
+framesift's own detector on PyTorch (letterbox, forward, NMS: what ultralytics' predict
+does), all cores. It does less than framesift (no embeddings, no selection, no push, no
+records), so the ratio flatters the peer.
+
+GPU variant (only when CUDA exists): the same framesift run with inference.device cuda,
+runtime auto (torch fp16) and inference.overlap false (inference in the gpu-pool task),
+reported as frames/s and seconds; never required.
 
 Run: .venv/bin/python bench/bench_e2e.py   (or `make bench`). Results: bench/results/e2e.json
 """
@@ -63,7 +70,7 @@ from framesift.local.synth import make_video  # noqa: E402
 BENCH_DIR = VAR / "bench"
 CLIP = BENCH_DIR / "synth_720p30_600s_x264veryfast.mp4"
 SECONDS, FPS, WIDTH, HEIGHT = 600, 30, 1280, 720
-TARGET_S = 180.0
+TARGET_RATIO = 2.0
 STAGES = {
     "register": ("discovered", "discovered"),
     "extract": ("extracting", "extracted"),
@@ -107,7 +114,7 @@ def stage_times(doc: dict, t_dag_start) -> dict[str, float]:
     return out
 
 
-def run_framesift(work: Path) -> dict:
+def run_framesift(work: Path, inference: dict | None = None) -> dict:
     """Upload -> framesift_ingest (airflow dags test) -> labeling task; timings from the records."""
     from datetime import UTC, datetime
 
@@ -132,6 +139,7 @@ def run_framesift(work: Path) -> dict:
                         "output_prefix": f"bench-{tag}/out/",
                     },
                     "mongo": {"database": f"bench_{tag}"},
+                    **({"inference": inference} if inference else {}),
                 }
             )
         )
@@ -190,7 +198,18 @@ def run_framesift(work: Path) -> dict:
             "frames": doc["frames"],
             "video": doc["video"],
             "inference": {
-                k: doc["inference"].get(k) for k in ("frames", "boxes", "fps", "device", "model_uri")
+                k: doc["inference"].get(k)
+                for k in (
+                    "frames",
+                    "boxes",
+                    "counts",
+                    "fps",
+                    "device",
+                    "runtime",
+                    "imgsz",
+                    "model_uri",
+                    "overlapped",
+                )
             },
             "selected_frames": len(doc.get("selected_frames") or []),
             "labeling": {"backend": record["backend"], "task_ids": record["backend_ids"]},
@@ -200,13 +219,13 @@ def run_framesift(work: Path) -> dict:
 
 
 def run_naive(work: Path) -> dict:
-    """The book's way: download, ffmpeg 1 fps PNGs, model.predict per frame."""
+    """The book's way: download, ffmpeg 1 fps PNGs, predict per frame (same weights)."""
     import cv2
     import torch
-    from ultralytics import YOLO
 
     from framesift.config.loading import load_config
-    from framesift.inference.models import default_model_path
+    from framesift.inference.detector import Detector
+    from framesift.inference.models import resolve_model
 
     cfg = load_config()
     ffmpeg = ensure_ffmpeg()
@@ -227,26 +246,46 @@ def run_naive(work: Path) -> dict:
         subprocess.run([*cmd, str(frames_dir / "out_%05d.png")], check=True)
         times["ffmpeg_1fps"] = time.monotonic() - t1
         t2 = time.monotonic()
-        model = YOLO(str(default_model_path()))
+        # the same weights as framesift's default; PyTorch, one frame per call, all cores
+        model = Detector(
+            resolve_model(cfg.inference.model_uri),
+            runtime="torch",
+            imgsz=cfg.inference.imgsz,
+            confidence_threshold=cfg.inference.confidence_threshold,
+            device="cpu",
+        )
+        torch.set_num_threads(os.cpu_count() or 1)
         frames = sorted(frames_dir.glob("*.png"))
-        model.predict(cv2.imread(str(frames[0])), imgsz=cfg.inference.imgsz, verbose=False)  # warm-up
-        torch.set_num_threads(os.cpu_count() or 1)  # ultralytics pins cpu_count - 1; equal threads
+        model.predict([cv2.imread(str(frames[0]))])  # warm-up
         boxes = 0
         for path in frames:
-            result = model.predict(
-                cv2.imread(str(path)),
-                imgsz=cfg.inference.imgsz,
-                conf=cfg.inference.confidence_threshold,
-                verbose=False,
-            )[0]
-            boxes += len(result.boxes)
+            preds, _ = model.predict([cv2.imread(str(path))])
+            boxes += len(preds[0].boxes)
         times["predict_per_frame"] = time.monotonic() - t2
     return {
         "stages_s": {k: round(v, 2) for k, v in times.items()},
         "total_s": round(sum(times.values()), 2),
         "frames": len(frames),
         "boxes": boxes,
+        "model": str(cfg.inference.model_uri or "bundled default (YOLOv3-tiny COCO)"),
         "ffmpeg": ffmpeg_version(ffmpeg),
+    }
+
+
+def run_gpu(work: Path) -> dict | str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "not run: no CUDA device on this machine"
+    sub = work / "gpu"
+    sub.mkdir()
+    ours = run_framesift(sub, {"device": "cuda", "runtime": "auto", "overlap": False})
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "upload_to_labeling_task_s": ours["upload_to_labeling_task_s"],
+        "stages_s": ours["stages_s"],
+        "inference_fps": ours["inference"].get("fps"),
+        "runtime": ours["inference"].get("runtime"),
     }
 
 
@@ -258,9 +297,10 @@ def main() -> None:
     print("framesift: upload -> framesift_ingest (airflow dags test) -> Label Studio ...", flush=True)
     ours = run_framesift(work)
     print(json.dumps(ours["stages_s"]), f"-> labeling task {ours['upload_to_labeling_task_s']} s", flush=True)
-    print("peer: download -> ffmpeg 1 fps -> model.predict per frame ...", flush=True)
+    print("peer: download -> ffmpeg 1 fps -> predict per frame (same weights) ...", flush=True)
     naive = run_naive(work)
     print(json.dumps(naive["stages_s"]), f"-> {naive['total_s']} s", flush=True)
+    gpu = run_gpu(work)
     shutil.rmtree(work, ignore_errors=True)
 
     total = ours["upload_to_labeling_task_s"]
@@ -276,7 +316,8 @@ def main() -> None:
         },
         "framesift": ours,
         "naive": naive,
-        "target_s": TARGET_S,
+        "gpu": gpu,
+        "target_ratio": TARGET_RATIO,
         "notes": [
             "framesift runs through `airflow dags test` (tasks in one process, one after another), after "
             "the upload; a deployed Airflow adds the watcher's detection delay (discovery.poll_interval_s, "
@@ -284,6 +325,8 @@ def main() -> None:
             "airflow_and_other_s: upload-to-task time not inside a stage: Airflow start-up and DAG parsing "
             "in `dags test`, task start-up, and gaps between stages.",
             "The peer does less work (no embeddings, selection, report, push or records).",
+            "Same detector weights both sides (the default YOLOv3-tiny); the peer's per-frame predict is "
+            "framesift's detector on PyTorch, since ultralytics cannot load Darknet weights.",
         ],
     }
     write_result(
@@ -293,11 +336,13 @@ def main() -> None:
         peer=f"book's naive way: S3 download + ffmpeg {naive['ffmpeg']} -vf fps=1 PNG + per-frame model.predict",
         ratio=naive["total_s"] / total,
         ratio_means="naive_s / framesift_s (upload -> labeling task); > 1 means framesift is faster",
-        target=f"upload -> labeling task <= {TARGET_S:.0f} s on 2 cores",
-        met=total <= TARGET_S,
+        target=f"ratio >= {TARGET_RATIO} (the project aims at 3)",
+        met=naive["total_s"] / total >= TARGET_RATIO,
         raw_timings_s={"framesift": ours["stages_s"] | {"total": total}, "naive": naive["stages_s"]},
     )
-    print(f"upload -> labeling task {total:.1f} s (target {TARGET_S:.0f} s); naive {naive['total_s']:.1f} s")
+    print(
+        f"upload -> labeling task {total:.1f} s; naive {naive['total_s']:.1f} s; ratio {naive['total_s'] / total:.2f}"
+    )
 
 
 if __name__ == "__main__":

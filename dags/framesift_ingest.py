@@ -47,11 +47,14 @@ Turns new video uploads into the few frames worth labeling, on the labeling plat
   form (prefix, budget, strategy preset, dry run).
 * **register_uploads**: upserts each upload into the Mongo `videos` registry (keyed by
   bucket/key/etag: duplicates and re-runs never create a second record).
-* **extract_frames** (one per video, named by its key): samples frames with PyAV and writes
-  them, plus a manifest, under `<output_prefix>/videos/<video_id>/`.
+* **extract_frames** (one per video, named by its key): samples frames with PyAV (decoding
+  only what sampling keeps) and writes them, plus a manifest, under
+  `<output_prefix>/videos/<video_id>/`; with `inference.overlap` (the default, for CPU
+  deployments) it also runs the detector on the frames as they decode.
 * **infer** (one per video, pool and Celery queue `gpu`): the detector over the frames, in
   batches; Lightly-format predictions under `frames/.lightly/predictions/` and an
-  embedding per frame (`embeddings/<model>.npz`), from one forward pass.
+  embedding per frame (`embeddings/<model>.npz`), from one forward pass. With
+  `inference.overlap` the video is already inferred and this task passes it on.
 * **plan_selection** / **select_shard** (one per shard): only for batches over
   `selection.shard_max_frames` frames (500,000 by default); otherwise `select_shard` is
   *skipped*. Each shard (whole videos) keeps its best `shard_oversample` x budget frames,

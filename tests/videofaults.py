@@ -41,6 +41,31 @@ def corrupted_copy(
     return Path(dst)
 
 
+def damaged_packet_copy(src: PathLike, dst: PathLike, *, at_s: float, seed: int = 0) -> Path:
+    """Copy ``src`` (H.264 in MP4) with the payload of the packet presented at ``at_s``
+    overwritten by noise after its 4-byte NAL length: invalid NAL units mid-stream. That
+    packet fails to decode and the frames after it, until the next keyframe, decode from
+    damaged references without an error (smeared macroblocks)."""
+    import av
+
+    with av.open(str(src)) as container:
+        stream = container.streams.video[0]
+        start = stream.start_time or 0
+        hit = None
+        for packet in container.demux(stream):
+            if packet.size and packet.pts is not None:
+                if abs(float((packet.pts - start) * stream.time_base) - at_s) < 1e-3:
+                    hit = (packet.pos, packet.size, packet.is_keyframe)
+                    break
+    if hit is None or hit[2]:
+        raise ValueError(f"{src}: no non-key packet at {at_s} s")
+    data = bytearray(Path(src).read_bytes())
+    pos, size, _ = hit
+    data[pos + 4 : pos + size] = random.Random(seed).randbytes(size - 4)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
 def zero_byte_file(dst: PathLike) -> Path:
     Path(dst).write_bytes(b"")
     return Path(dst)

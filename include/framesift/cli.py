@@ -15,8 +15,10 @@ from framesift.config.loading import load_config
 from framesift.config.schema import ConfigError, PipelineConfig
 from framesift.drift import incidents
 from framesift.drift.monitor import compute, format_report
+from framesift.ingest.damage import damage_summary, extraction_line
 from framesift.ingest.discovery import find_new_videos
 from framesift.ingest.registry import count_by_status, ensure_indexes, recent, register
+from framesift.ingest.registry import get as get_video
 from framesift.ingest.stage import extract_one
 from framesift.io.s3 import head, make_client, parse_s3_uri
 from framesift.local import stack
@@ -87,26 +89,43 @@ def cmd_discover(args) -> int:
     return 0
 
 
-def cmd_extract(args) -> int:
+# exit codes of `framesift extract` (docs/operations.md): 2 is argparse's usage error
+EXIT_OK, EXIT_FAILED, EXIT_QUARANTINED = 0, 1, 3
 
+
+def cmd_extract(args) -> int:
+    """0: every input extracted; 3: some quarantined (bad input, each with its record), none
+    failed; 1: at least one failed (storage, database, ...: retry it)."""
     cfg = load_config(args.config)
     s3, db = connect(cfg)
     ensure_indexes(db)
     work = stack.var_dir() / "work"
     work.mkdir(parents=True, exist_ok=True)
     run_id = f"cli-{int(time.time())}"
-    status = 0
+    failed = quarantined = False
     for uri in args.uris:
-        bucket, key = parse_s3_uri(uri)
-        ref, _ = register(db, head(s3, bucket, key), run_id)
-        out = extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
+        try:
+            bucket, key = parse_s3_uri(uri)
+            ref, _ = register(db, head(s3, bucket, key), run_id)
+            out = extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
+        except Exception as exc:  # noqa: BLE001 - reported per input; the others go on
+            print(f"{uri}: failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+            failed = True
+            continue
+        doc = get_video(db, ref.video_id) or {}
         print(
-            f"{uri}: {out['status']}"
+            f"{uri}: "
+            + (
+                extraction_line(doc.get("frames"), out["status"])
+                if out["status"] != "quarantined"
+                else "quarantined"
+            )
             + (f" ({out['reason']})" if out["reason"] else "")
-            + f", {out['frames_written']} frames at {out['frames_prefix']}"
+            + (f" at {out['frames_prefix']}" if out.get("frames_prefix") else "")
         )
-        status |= out["status"] not in ("extracted",)
-    return status
+        quarantined |= out["status"] == "quarantined"
+        failed |= out["status"] == "failed"
+    return EXIT_FAILED if failed else EXIT_QUARANTINED if quarantined else EXIT_OK
 
 
 def cmd_videos(args) -> int:
@@ -117,8 +136,11 @@ def cmd_videos(args) -> int:
     for doc in recent(db, args.limit):
         frames = (doc.get("frames") or {}).get("frames_written", "-")
         reason = f"  ({doc['reason']})" if doc.get("reason") else ""
+        damaged = (doc.get("frames") or {}).get("frames_damaged")
+        damage = f", {damaged} damaged ({damage_summary(doc['frames'])})" if damaged else ""
         print(
-            f"{doc['updated_at']:%Y-%m-%d %H:%M:%S}  {doc['status']:<12} {frames!s:>6} frames  s3://{doc['bucket']}/{doc['key']}{reason}"
+            f"{doc['updated_at']:%Y-%m-%d %H:%M:%S}  {doc['status']:<12} {frames!s:>6} frames{damage}  "
+            f"s3://{doc['bucket']}/{doc['key']}{reason}"
         )
     return 0
 

@@ -281,3 +281,41 @@ def test_darknet_model_from_s3_brings_its_cfg_and_names(s3, cfg, tmp_path):
     det = Detector.from_config(cfg, s3, tmp_path / "cache2")
     assert det.names[0] == "person" and len(det.names) == 80
     assert det.embedding_model_id == Detector(src, imgsz=IMGSZ).embedding_model_id
+
+
+def test_overlap_gives_what_extract_then_infer_gives(s3, cfg, detector, tmp_path):
+    """Frames streamed to the detector while decoding: the same frames, predictions and
+    embeddings as extracting to S3 and inferring from there (the PNGs are lossless)."""
+    from framesift.inference.overlap import extract_and_infer
+
+    manifest = extract(s3, cfg, bikes_path(), "bikes-a.mp4", tmp_path)
+    apart = run_inference(s3, cfg, manifest, detector=detector)
+    preds_apart, emb_apart = check_outputs(s3, cfg, manifest, apart, manifest["frame_names"])
+
+    key = cfg.storage.videos_prefix + "bikes-b.mp4"
+    upload(s3, bikes_path(), cfg.storage.bucket, key)
+    obj = head(s3, cfg.storage.bucket, key)
+    together_manifest, together = extract_and_infer(
+        s3, obj.bucket, obj.key, obj.etag, cfg, work_dir=tmp_path / "w2", detector=detector
+    )
+    assert together["overlapped"] and together_manifest["frame_indices"] == manifest["frame_indices"]
+    preds, emb = check_outputs(s3, cfg, together_manifest, together, together_manifest["frame_names"])
+    assert list(preds.values()) == list(preds_apart.values())
+    assert np.allclose(emb, emb_apart, atol=1e-5)
+    assert together["embedding_model_id"] == apart["embedding_model_id"] == detector.embedding_model_id
+
+
+def test_damaged_frames_stay_out_of_inference(s3, cfg, detector, tmp_path):
+    from tests import videofaults
+
+    clip = make_video(
+        tmp_path / "g.mp4", seconds=6, fps=30, gop_size=90, codec_options={"preset": "veryfast"}
+    )
+    videofaults.damaged_packet_copy(clip, tmp_path / "damaged.mp4", at_s=1.0)
+    cfg.extraction.sampling = "fps"
+    manifest = extract(s3, cfg, tmp_path / "damaged.mp4", "damaged.mp4", tmp_path)
+    assert manifest["frames_damaged"] == 2 and len(manifest["damaged_frames"]) == 2
+    summary = run_inference(s3, cfg, manifest, detector=detector)
+    clean = [n for n in manifest["frame_names"] if n not in manifest["damaged_frames"]]
+    check_outputs(s3, cfg, manifest, summary, clean)
+    assert summary["frames_damaged_excluded"] == 2

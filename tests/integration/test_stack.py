@@ -53,10 +53,29 @@ def test_stack_up_env_cli_down(tmp_path):
         upload(s3, make_video(tmp_path / "a.mp4", seconds=2, fps=10), "framesift", "videos/a.mp4")
         assert "s3://framesift/videos/a.mp4" in cli("discover", env=env).stdout
         out = cli("extract", "s3://framesift/videos/a.mp4", env=env).stdout
-        assert "extracted, 2 frames" in out
+        assert "extracted 2 frames" in out
         listing = cli("videos", env=env).stdout
         assert "extracted: 1" in listing and "s3://framesift/videos/a.mp4" in listing
         assert cli("discover", env=env).stdout == ""  # registered now
+
+        # exit codes: 3 when an input is quarantined; damaged frames are named, not failures
+        from tests import videofaults
+
+        clip = make_video(
+            tmp_path / "g.mp4", seconds=6, fps=30, gop_size=90, codec_options={"preset": "veryfast"}
+        )
+        videofaults.damaged_packet_copy(clip, tmp_path / "damaged.mp4", at_s=1.0)
+        upload(s3, tmp_path / "damaged.mp4", "framesift", "videos/damaged.mp4")
+        upload(s3, videofaults.text_file(tmp_path / "notes.mp4"), "framesift", "videos/notes.mp4")
+        res = cli("extract", "s3://framesift/videos/damaged.mp4", env=env, check=False)
+        assert res.returncode == 0, res.stderr
+        assert "extracted 6 frames, 2 damaged (1.0–3.0 s: Invalid data found" in res.stdout
+        res = cli("extract", "s3://framesift/videos/notes.mp4", env=env, check=False)
+        assert res.returncode == 3 and "quarantined (not a video" in res.stdout
+        res = cli("extract", "s3://framesift/videos/missing.mp4", env=env, check=False)
+        assert res.returncode == 1 and "failed" in res.stderr
+        listing = cli("videos", env=env).stdout
+        assert "6 frames, 2 damaged (1.0–3.0 s: Invalid data found" in listing
     finally:
         down = cli("stack", "down", env=env, check=False)
     assert down.stdout.strip() == "stack stopped"

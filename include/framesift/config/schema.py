@@ -83,6 +83,17 @@ class ExtractionConfig(_Section):
     max_duration_s: float = Field(4 * 3600, gt=0)
     max_file_size_mb: float = Field(20_000, gt=0)
     upload_workers: int = Field(8, ge=1, le=64)
+    # decode only what sampling keeps where the codec allows (GOP tails, GOPs without a
+    # sampled frame, non-reference frames within the tolerance)
+    skip_decoding: bool = True
+    # a keyframe (or, with skip_decoding, a reference frame) within this fraction of the
+    # sampling period may stand in for a sampling time; 0: the exact frame
+    keyframe_tolerance: float = Field(0.5, ge=0, le=0.5)
+    decode_threading: Literal["slice", "frame", "auto"] = "slice"
+    decode_threads: int = Field(1, ge=0, le=64)  # 0: one per CPU; 1: no threading
+    # frames decoded from damaged references: exclude (written, kept out of inference and
+    # selection), include (treated as clean), drop (not written)
+    damaged_frames: Literal["exclude", "include", "drop"] = "exclude"
 
 
 class SSLConfig(_Section):
@@ -106,6 +117,9 @@ class InferenceConfig(_Section):
     runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
     batch_size: int = Field(16, ge=1)
     imgsz: int | None = Field(None, ge=32)  # null: the size the model was trained at
+    # run the detector in the extract task on frames as they are decoded (CPU deployments);
+    # false: the infer task (gpu pool and queue) reads the frames back from S3
+    overlap: bool = True
     prefetch: int = Field(64, ge=1)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 

@@ -44,8 +44,16 @@ _AUTO_REPEATS = 3
 
 
 def cpu_threads() -> int:
-    """Threads every runtime uses: torch's setting (OMP_NUM_THREADS or the cores)."""
-    return max(1, int(import_torch().get_num_threads()))
+    """Threads every runtime uses: ``FRAMESIFT_INFERENCE_THREADS``, else the CPUs this
+    process may run on. Not torch's current setting: importing or running ultralytics
+    drops that to cpu_count - 1 (1 on a 2-core machine)."""
+    env = os.environ.get("FRAMESIFT_INFERENCE_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def is_installed(runtime: str) -> bool:
@@ -63,6 +71,7 @@ class TorchRuntime:
     def __init__(self, network: Network, device, half: bool):
         torch = import_torch()
         self.device, self.half = device, half
+        self.threads = cpu_threads()
         module = network.module.to(device)
         if half:
             module = module.half()
@@ -71,6 +80,8 @@ class TorchRuntime:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         torch = import_torch()
+        if self.device.type == "cpu" and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)  # someone (ultralytics) lowered it
         t = torch.from_numpy(x).to(self.device)
         t = t.half() if self.half else t
         t = t.contiguous(memory_format=torch.channels_last)

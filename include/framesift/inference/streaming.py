@@ -19,10 +19,10 @@ import numpy as np
 
 from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
+from framesift.inference.backends import cpu_threads
 from framesift.inference.detector import Detector
 from framesift.inference.embedders import SSL_BATCH_SIZE, Embedder, SimCLREmbedder, make_embedder
 from framesift.inference.models import PathLike
-from framesift.inference.runtimes import import_torch
 from framesift.io import layout
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, s3_uri, upload
 
@@ -148,8 +148,15 @@ def run_inference(
     embedder: Embedder | None = None,
     cache_dir: PathLike | None = None,
     log: logging.Logger | None = None,
+    frames: Iterable[tuple[str, np.ndarray | None, BaseException | None]] | None = None,
+    expected_frames: int | None = None,
 ) -> dict[str, Any]:
     """Predict every frame of ``manifest`` and write Lightly predictions + embeddings.
+
+    ``frames``: ``(name, BGR image, error)`` in time order, instead of reading the manifest's
+    frames back from S3 (the overlap with extraction, :mod:`framesift.inference.overlap`);
+    ``manifest`` then needs only ``video_id``, ``source`` and ``frames_prefix``, and
+    ``expected_frames`` sizes the progress lines.
 
     Frames are read from the manifest's ``frames_prefix`` by a reader pool at most
     ``inference.prefetch`` frames ahead, batched by ``inference.batch_size``; boxes and
@@ -164,6 +171,16 @@ def run_inference(
     vid = manifest["video_id"]
     names: list[str] = list(manifest.get("frame_names") or [])
     stem = layout.safe_stem(manifest.get("source", {}).get("key", "") or vid)
+    # frames decoded from damaged references stay out of inference (and so of selection)
+    # unless the extraction said to include them (extraction.damaged_frames)
+    damaged = set(manifest.get("damaged_frames") or [])
+    if damaged and (manifest.get("sampling") or {}).get("damaged_frames", "exclude") == "exclude":
+        names = [n for n in names if n not in damaged]
+        log.info(
+            "infer %s: %d damaged frame(s) left out (extraction.damaged_frames: exclude)", stem, len(damaged)
+        )
+    else:
+        damaged = set()
     task = inf.task_name
     out_bucket = cfg.storage.out_bucket
     if detector is None:
@@ -196,9 +213,9 @@ def run_inference(
     n_failed = 0
     done_names: list[str] = []
     n_boxes = 0
-    total = len(names)
+    total = len(names) if frames is None else int(expected_frames or 0)
     batch_size = inf.batch_size
-    threads = f" ({import_torch().get_num_threads()} threads)" if str(detector.device) == "cpu" else ""
+    threads = f" ({cpu_threads()} threads)" if str(detector.device) == "cpu" else ""
     log.info(
         "infer %s: %d frames, model %s on %s%s%s (runtime %s), batch %d, imgsz %d, embeddings %s%s",
         stem,
@@ -251,9 +268,10 @@ def run_inference(
         batch_images.clear()
         progress.update(len(done_names), n_failed)
 
+    source = prefetch_map(fetch, names, prefetch=inf.prefetch) if frames is None else frames
     ok = False
     try:
-        for name, image, error in prefetch_map(fetch, names, prefetch=inf.prefetch):
+        for name, image, error in source:
             if error is not None:
                 if not isinstance(error, FrameError):
                     raise error
@@ -307,6 +325,8 @@ def run_inference(
 
     elapsed = time.monotonic() - started
     done = len(done_names)
+    if frames is not None:
+        total = done + n_failed  # streamed: what came
     summary = {
         "video_id": vid,
         "status": "done" if total else "no_frames",
@@ -317,6 +337,7 @@ def run_inference(
         "frames_total": total,
         "frames": done,
         "frames_failed": n_failed,
+        "frames_damaged_excluded": len(damaged),
         "failed_frames": failed,
         "boxes": n_boxes,
         "counts": {detector.names[i]: counts.get(detector.names[i], 0) for i in detector.class_ids},
@@ -378,6 +399,15 @@ class _Progress:
         self.next_log = now + PROGRESS_EVERY_S
         elapsed = now - self.started
         speed = (done + failed) / elapsed if elapsed > 0 else 0.0
+        if not self.total:  # frames streamed from the extraction: the total is not known yet
+            self.log.info(
+                "infer %s: %d frames so far (streamed from extraction), %d failed, %.1f frames/s",
+                self.stem,
+                done + failed,
+                failed,
+                speed,
+            )
+            return
         left = (self.total - done - failed) / speed if speed > 0 else float("nan")
         self.log.info(
             "infer %s: %d/%d frames (%d%%), %d failed, %.1f frames/s, ETA %.0f s",

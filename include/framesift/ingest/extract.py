@@ -1,15 +1,30 @@
 """Probe videos and extract sampled frames from them with PyAV.
 
-Plain Python (no Airflow). Decoding streams packet by packet: memory stays flat in the
-length of the video. Only sampled frames are converted to pixels; PNG/JPEG encoding and
-the sink (an upload, a file write) run in a small thread pool so decoding overlaps them.
+Plain Python (no Airflow). Decoding streams packet by packet (memory stays flat); only
+sampled frames become pixels; encoding and the sink run in a thread pool beside decoding.
+
+Decoding at the floor (``extraction.skip_decoding``): a demux-only pass indexes the
+packets (:mod:`framesift.ingest.packets`); GOPs holding no sampled frame are not decoded,
+a GOP is decoded only up to its last sampled frame, a keyframe within
+``keyframe_tolerance`` of a sampling period stands in for the sampling time (one packet
+decoded instead of a GOP), and non-reference frames are skipped when the tolerance covers
+them. Recorded timestamps are always the kept frame's own.
 
 Frame names follow Lightly's convention ``<stem>-<index>-<ext>.png`` where ``index`` is
-the frame's position in the video, so a name means the same frame whatever the sampling.
+the frame's true position in the video (the rank of its timestamp among all packets), so
+a name means the same frame whatever the sampling, and after lost or damaged packets.
+
+Damage: a packet that fails to decode (or a lost one) makes the frames decoded after it,
+until the next keyframe, come from damaged references (smeared macroblocks that decode
+without an error). Those frames are flagged: listed in ``damaged_frames``, counted in
+``frames_damaged``, with the first error's text and the time ranges affected; by default
+(``extraction.damaged_frames: exclude``) they are written but kept out of inference and
+selection, ``include`` treats them as clean, ``drop`` does not write them.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -27,6 +42,19 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from framesift.config.schema import ExtractionConfig, PipelineConfig
+from framesift.ingest.damage import damage_summary
+from framesift.ingest.metadata import ShotDetector, frame_facts
+from framesift.ingest.packets import DecodePlan, PacketIndex, index_packets, plan_decoding, sampling_times
+from framesift.ingest.probe import (
+    BadVideo,
+    VideoInfo,
+    check_limits,
+    ffmpeg_message,
+    mb_text,
+    open_video,
+    probe,
+    rotation_of,
+)
 from framesift.io import layout
 from framesift.io.s3 import join_key, put_bytes, put_json, s3_uri
 
@@ -34,138 +62,17 @@ _LOG = logging.getLogger("framesift.video")
 
 PathLike = str | os.PathLike[str]
 Sink = Callable[[str, bytes], None]
+FrameHook = Callable[[str, np.ndarray, bool], None]
 
 PROGRESS_EVERY_S = 5.0
-# packets probe() reads at most while looking for a first frame (for the rotation)
-_PROBE_PACKETS = 64
 # demux errors in a row after which the rest of the file counts as unreadable
 _MAX_DEMUX_ERRORS = 8
 # cap on the pixels waiting to be encoded, whatever the worker count (8K frames are 100 MB)
 _MAX_INFLIGHT_BYTES = 512 * 1024 * 1024
 _THUMB = 32
+# non-reference frames are skipped only when the tolerance spans at least this many frames
+_NONREF_MIN_FRAMES = 3
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
-
-
-class BadVideo(Exception):
-    """The input cannot be used (not a video, empty, over a limit, ...): quarantine it.
-
-    ``reason`` is short and human-readable; ``info`` is the probe, when it got that far.
-    """
-
-    def __init__(self, reason: str, info: VideoInfo | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.info = info
-
-
-@dataclass
-class VideoInfo:
-    container: str  # demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
-    codec: str
-    width: int  # display size: after rotation
-    height: int
-    rotation: int  # degrees counterclockwise to turn the stored image upright: 0, 90, 180, 270
-    fps: float | None  # average frame rate
-    duration_s: float | None  # None when the container does not say
-    n_frames: int  # from the header, else counted packets
-    size_bytes: int
-
-    @property
-    def stored_size(self) -> tuple[int, int]:
-        """(width, height) of the frames as stored, before rotation."""
-        return (self.height, self.width) if self.rotation in (90, 270) else (self.width, self.height)
-
-
-def probe(path: PathLike) -> VideoInfo:
-    """Read the headers of a video (and its first frame, for the rotation). Raises BadVideo."""
-    size = os.path.getsize(path)  # a missing file is the caller's problem, not bad input
-    if size == 0:
-        raise BadVideo("not a video: empty file (0 bytes)")
-    container = _open(path)
-    with container:
-        if not container.streams.video:
-            raise BadVideo("no video stream")
-        stream = container.streams.video[0]
-        width, height, rotation = _first_frame_geometry(container, stream)
-        n_frames = stream.frames if stream.frames and stream.frames > 0 else _count_packets(path)
-        if stream.duration and stream.time_base:
-            duration_s = float(stream.duration * stream.time_base)
-        elif container.duration:
-            duration_s = container.duration / av.time_base
-        else:
-            duration_s = None
-        rate = stream.average_rate
-        if rotation in (90, 270):
-            width, height = height, width
-        return VideoInfo(
-            container=container.format.name,
-            codec=stream.codec_context.name if stream.codec_context else "unknown",
-            width=width,
-            height=height,
-            rotation=rotation,
-            fps=float(rate) if rate else None,
-            duration_s=duration_s,
-            n_frames=n_frames,
-            size_bytes=size,
-        )
-
-
-def _open(path: PathLike) -> av.container.InputContainer:
-    try:
-        return av.open(str(path))
-    except (av.FFmpegError, ValueError) as exc:
-        raise BadVideo(f"not a video: {_ffmpeg_message(exc)}") from None
-
-
-def _ffmpeg_message(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-
-
-def _first_frame_geometry(container, stream) -> tuple[int, int, int]:
-    """Stored width, height and rotation, read from the first frame that decodes.
-
-    PyAV exposes the display matrix on frames only; the codec header gives the size
-    when no frame decodes within the first packets.
-    """
-    width, height, rotation = stream.codec_context.width, stream.codec_context.height, 0
-    try:
-        for i, packet in enumerate(container.demux(stream)):
-            if i >= _PROBE_PACKETS:
-                break
-            try:
-                frames = packet.decode()
-            except av.FFmpegError:
-                continue
-            if frames:
-                frame = frames[0]
-                width, height, rotation = frame.width, frame.height, _rotation_of(frame, stream)
-                break
-    except av.FFmpegError:
-        pass  # damaged early on; extraction will count the damage
-    return width, height, rotation
-
-
-def _rotation_of(frame, stream) -> int:
-    """Counterclockwise degrees (0/90/180/270) from the display matrix or a 'rotate' tag."""
-    degrees = frame.rotation
-    if not degrees and "rotate" in stream.metadata:
-        try:
-            degrees = -int(float(stream.metadata["rotate"]))  # the tag counts clockwise
-        except ValueError:
-            degrees = 0
-    return round(degrees / 90) % 4 * 90
-
-
-def _count_packets(path: PathLike) -> int:
-    """Video packets in the file: a demux-only pass, no decoding."""
-    count = 0
-    with av.open(str(path)) as container:
-        try:
-            for packet in container.demux(container.streams.video[0]):
-                count += packet.size > 0
-        except av.FFmpegError:
-            pass  # count what is readable
-    return count
 
 
 def frame_name(stem: str, index: int, n_frames: int, video_ext: str, image_ext: str = "png") -> str:
@@ -191,13 +98,21 @@ class ExtractionResult:
     # counts
     frames_read: int = 0  # decoded cleanly
     frames_written: int = 0
-    frames_skipped: int = 0  # dropped by sampling
+    frames_skipped: int = 0  # decoded and dropped by sampling
+    frames_undecoded: int = 0  # packets never decoded: sampling keeps nothing of them
     frames_duplicate: int = 0  # dropped as near-duplicates of the last frame kept
-    frames_corrupt: int = 0  # packets that failed to decode + frames the decoder flagged
+    frames_corrupt: int = 0  # packets that failed to decode (or were lost) + frames the decoder flagged
+    frames_damaged_decoded: int = 0  # frames decoded from damaged references (kept or not)
+    frames_damaged: int = 0  # sampled frames flagged damaged (written, or dropped with damaged_frames: drop)
+    damaged_frames: list[str] = field(default_factory=list)  # names of the written damaged frames
+    first_decode_error: str | None = None
+    damage_ranges_s: list[list[float]] = field(default_factory=list)  # [start, end] seconds
     # the frames written, in time order
     frame_names: list[str] = field(default_factory=list)
     frame_indices: list[int] = field(default_factory=list)
     frame_timestamps_s: list[float] = field(default_factory=list)
+    # per written frame: its shot and Lightly's image metadata (framesift.ingest.metadata)
+    frame_metadata: dict[str, dict[str, float]] = field(default_factory=dict)
     elapsed_s: float = 0.0
 
     @classmethod
@@ -220,11 +135,14 @@ def extract_frames(
     stem: str,
     video_ext: str,
     log: logging.Logger | None = None,
+    on_frame: FrameHook | None = None,
 ) -> ExtractionResult:
     """Decode ``path``, sample and dedupe frames, and hand each one to ``sink(name, bytes)``.
 
     ``sink`` is called from worker threads (up to ``cfg.upload_workers`` at once) and its
-    exceptions propagate. Damaged packets are counted and skipped. Raises BadVideo for
+    exceptions propagate. ``on_frame(name, bgr_image, damaged)``, when given, sees every
+    written frame upright, in time order, from the decoding thread (the overlap with
+    inference: :mod:`framesift.inference.overlap`); it may block to apply back-pressure. Damaged packets are counted and skipped. Raises BadVideo for
     unusable input: not a video, over a limit, or no frame decodes at all.
     """
     log = log or _LOG
@@ -232,17 +150,19 @@ def extract_frames(
     size = os.path.getsize(path)
     limit_bytes = cfg.max_file_size_mb * 1024 * 1024
     if size > limit_bytes:
-        raise BadVideo(f"file size {_mb(size)} over limit {_mb(limit_bytes)}")
+        raise BadVideo(f"file size {mb_text(size)} over limit {mb_text(limit_bytes)}")
     info = probe(path)
-    _check_limits(info, cfg)
+    check_limits(info, cfg)
+    index = index_packets(str(path)) if cfg.sampling != "all" or cfg.skip_decoding else None
 
     result = ExtractionResult.from_info(info, "extracted")
-    run = _Extraction(info, cfg, sink, stem, video_ext, log, result)
-    with _open(path) as container:
+    run = _Extraction(info, cfg, sink, stem, video_ext, log, result, index)
+    run.on_frame = on_frame
+    with open_video(path) as container:
         run.decode(container)
     result.elapsed_s = time.monotonic() - started
 
-    if result.frames_read == 0:
+    if result.frames_read == 0 and not result.frames_damaged_decoded:
         if result.frames_corrupt:
             detail = f": {result.frames_corrupt} damaged packets/frames"
         else:
@@ -252,84 +172,35 @@ def extract_frames(
         raise BadVideo("no decodable frames" + detail, info)
     speed = run.position / result.elapsed_s if result.elapsed_s > 0 else 0.0
     log.info(
-        "extract %s: done, %d frames decoded, %d written (%d skipped by sampling, %d duplicates, %d corrupt) "
-        "in %.1f s (%.0f fps)",
+        "extract %s: done, %d frames decoded, %d written (%d skipped by sampling, %d not decoded, %d duplicates, "
+        "%d corrupt, %d damaged%s) in %.1f s (%.0f fps)",
         stem,
-        result.frames_read,
+        result.frames_read + result.frames_damaged_decoded,
         result.frames_written,
         result.frames_skipped,
+        result.frames_undecoded,
         result.frames_duplicate,
         result.frames_corrupt,
+        result.frames_damaged,
+        f": {damage_summary(result.to_manifest())}" if result.frames_damaged else "",
         result.elapsed_s,
         speed,
     )
     return result
 
 
-def _check_limits(info: VideoInfo, cfg: ExtractionConfig) -> None:
-    # the stored size is what the decoder allocates, so a portrait phone clip (stored
-    # landscape, rotated for display) passes the same limits as its landscape twin
-    width, height = info.stored_size
-    if width > cfg.max_width or height > cfg.max_height:
-        raise BadVideo(f"resolution {width}x{height} over limit {cfg.max_width}x{cfg.max_height}", info)
-    duration = info.duration_s
-    if duration is None and info.fps:
-        duration = info.n_frames / info.fps
-    if duration is not None and duration > cfg.max_duration_s:
-        raise BadVideo(
-            f"duration {_duration(duration, cfg.max_duration_s)} over limit "
-            f"{_duration(cfg.max_duration_s, cfg.max_duration_s)}",
-            info,
-        )
-
-
-def _mb(n_bytes: float) -> str:
-    mb = n_bytes / 1024 / 1024
-    return f"{mb:.1f} MB" if mb >= 1 else f"{mb:.3f} MB"
-
-
-def _duration(seconds: float, scale: float) -> str:
-    """Seconds in the unit that suits ``scale`` (the limit), so both sides read alike."""
-    if scale >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if scale >= 60:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds:.1f} s"
-
-
-class _Sampler:
-    """Decides, frame by frame, which decoded frames to keep."""
-
-    def __init__(self, cfg: ExtractionConfig):
-        self.policy = cfg.sampling
-        self.every_n = cfg.every_n
-        self.step = 1.0 / cfg.fps
-        self.next_t = 0.0
-
-    def keep(self, index: int, t: float) -> bool:
-        if self.policy == "every_n":
-            return index % self.every_n == 0
-        if self.policy == "fps":
-            # first frame at or after each step of presentation time; works for
-            # variable frame rates, and a gap in the stream skips the steps it spans
-            if t < self.next_t - 1e-6:
-                return False
-            self.next_t = (int(t / self.step + 1e-6) + 1) * self.step
-            return True
-        return True  # "all", and "keyframes" (the decoder already dropped the rest)
-
-
 class _Extraction:
-    """One pass over one video: decode, sample, dedupe, and feed the encoder pool."""
+    """One pass over one video: plan, decode what the plan needs, sample, flag damage,
+    dedupe, and feed the encoder pool."""
 
-    def __init__(self, info, cfg, sink, stem, video_ext, log, result):
+    def __init__(self, info, cfg, sink, stem, video_ext, log, result, index: PacketIndex | None):
         self.info, self.cfg, self.sink, self.log, self.result = info, cfg, sink, log, result
         self.stem, self.video_ext = stem, video_ext
         self.image_ext = cfg.image_format
-        self.sampler = _Sampler(cfg)
+        self.index = index if index is not None and index.n_packets else None
         self.fallback_fps = info.fps or 30.0
-        self.decoded = 0  # frames out of the decoder, including ones flagged corrupt
-        self.position = 0  # frames into the video (differs from decoded for keyframes)
+        self.decoded = 0  # frames out of the decoder, including damaged ones
+        self.position = 0  # frames into the video
         self.last_index = -1
         self.last_thumb: np.ndarray | None = None
         self.last_error: str | None = None
@@ -337,43 +208,129 @@ class _Extraction:
         self.time_base = None
         self.stream = None
         self.reformatter = VideoReformatter()
-        self.packets_seen = 0
-        self.packet_positions: dict[int, int] = {}  # pts -> packets before it (keyframes mode)
         self.pool: ThreadPoolExecutor | None = None
         self.inflight: set[Future] = set()
         frame_bytes = max(1, info.width * info.height * 3)
         self.max_inflight = max(2, min(2 * cfg.upload_workers, _MAX_INFLIGHT_BYTES // frame_bytes))
         self.next_log = time.monotonic() + PROGRESS_EVERY_S
         self.started = time.monotonic()
+        # sampling: key picks (pts) and the times still waiting for a frame (pts, sorted)
+        self.plan: DecodePlan | None = None
+        self.targets: collections.deque[int] = collections.deque()
+        self.every_n_fallback = False
+        self.fps_fallback = False
+        self.next_t = 0.0
+        # damage: a decode error poisons the frames decoded after it until the next keyframe
+        self.damage_active = False
+        self.damage_end_pts: int | None = None
+        self.damage_ranges: list[list[float]] = []
+        # intentional gaps (a GOP's tail not decoded): frames before the resume point are leftovers
+        self.resume_pts: int | None = None
+        self.last_pts: int | None = None
+        self.on_frame: FrameHook | None = None
+        self.shots = ShotDetector()
+
+    # -- set-up
+
+    def _configure(self, stream) -> None:
+        cfg = self.cfg
+        ctx = stream.codec_context
+        if cfg.decode_threads != 1:
+            stream.thread_type = {"slice": "SLICE", "frame": "FRAME", "auto": "AUTO"}[cfg.decode_threading]
+            stream.thread_count = cfg.decode_threads
+        else:
+            stream.thread_count = 1
+        self.time_base = stream.time_base
+        self.start_pts = stream.start_time
+        idx = self.index
+        if idx is not None and len(idx.sorted_pts):
+            self.start_pts = int(idx.sorted_pts[0])
+        policy = cfg.sampling
+        if policy == "keyframes":
+            ctx.skip_frame = "NONKEY"
+            return
+        if policy not in ("fps", "every_n") or idx is None or self.time_base is None:
+            # no usable index: decode everything, sample frame by frame
+            self.every_n_fallback = policy == "every_n"
+            self.fps_fallback = policy == "fps"
+            return
+        times = sampling_times(idx, policy=policy, step_s=1.0 / cfg.fps, every_n=cfg.every_n,
+                               time_base=self.time_base)  # fmt: skip
+        period = 1.0 / cfg.fps if policy == "fps" else cfg.every_n / self.fallback_fps
+        tol_s = cfg.keyframe_tolerance * period
+        if cfg.skip_decoding and idx.complete:
+            self.plan = plan_decoding(idx, times, int(tol_s / float(self.time_base)))
+            self.targets = collections.deque(self.plan.targets)
+            # non-reference frames are never needed when a frame a few frames off may stand in
+            if tol_s * self.fallback_fps >= _NONREF_MIN_FRAMES:
+                ctx.skip_frame = "NONREF"
+        else:
+            self.targets = collections.deque(times)
+
+    # -- decoding
 
     def decode(self, container) -> None:
         self.stream = stream = container.streams.video[0]
-        if self.cfg.sampling == "keyframes":
-            stream.codec_context.skip_frame = "NONKEY"
-        # threading stays PyAV's default (slice threads, all CPUs): decoding the 60 s 720p
-        # bench clip on 2 CPUs took 2.8 s so, 3.2 s with "FRAME" and 3.9 s with "AUTO"
-        self.time_base = stream.time_base
-        self.start_pts = stream.start_time
+        self._configure(stream)
+        ctx = stream.codec_context
         self.pool = ThreadPoolExecutor(self.cfg.upload_workers, thread_name_prefix="framesift-frames")
+        plan = self.plan
+        gop, feeding, until = -1, plan is None, None
         try:
             for packet in self._packets(container, stream):
+                if packet.is_keyframe:
+                    gop += 1
+                    if plan is not None:
+                        until = plan.gop_until.get(gop)
+                        if until is None and self._pending_before(packet.pts):
+                            until = packet.pts  # a time the last GOP could not give: its next keyframe
+                        if until is not None and not feeding:
+                            self.resume_pts = packet.pts
+                        feeding = until is not None
+                    if self.damage_active and self.damage_end_pts is None:
+                        self.damage_end_pts = packet.pts
+                if not feeding:
+                    self.result.frames_undecoded += 1
+                    continue
                 try:
-                    frames = packet.decode()
+                    frames = ctx.decode(packet)
                 except av.FFmpegError as exc:
-                    self._corrupt(exc)
+                    if not (
+                        self.resume_pts is not None
+                        and packet.pts is not None
+                        and packet.pts < self.resume_pts
+                    ):
+                        self._error(exc, packet.pts)
                     continue
                 for frame in frames:
                     self._frame(frame)
-            try:
-                for frame in stream.decode(None):  # drain the decoder
-                    self._frame(frame)
-            except av.FFmpegError as exc:
-                self._corrupt(exc)
-            self._drain(all_done=True)
+                if (
+                    plan is not None
+                    and until is not None
+                    and self.last_pts is not None
+                    and self.last_pts >= until
+                ):
+                    self._drain(ctx)  # the GOP gave what sampling needs: skip its tail
+                    feeding = False
+            self._drain(ctx, reset=False)
+            self._wait(all_done=True)
         except BaseException:
             self.pool.shutdown(wait=True, cancel_futures=True)
             raise
         self.pool.shutdown(wait=True)
+        self._close_damage()
+
+    def _pending_before(self, pts) -> bool:
+        return bool(self.targets) and pts is not None and self.targets[0] < pts
+
+    def _drain(self, ctx, *, reset: bool = True) -> None:
+        try:
+            for frame in ctx.decode(None):
+                self._frame(frame)
+        except av.FFmpegError as exc:
+            self._error(exc, None)
+        if reset:
+            ctx.flush_buffers()
 
     def _packets(self, container, stream):
         """Non-empty packets of the stream; a demux error is counted and reading resumes."""
@@ -383,70 +340,143 @@ class _Extraction:
                 for packet in container.demux(stream):
                     errors_in_a_row = 0
                     if packet.size:  # empty ones are flush markers or dropped-frame stubs
-                        self._remember_position(packet)
                         yield packet
                 return
             except av.FFmpegError as exc:
                 # a fresh demux() continues from where the reader stopped
-                self._corrupt(exc)
+                self._error(exc, None, what="demux")
                 errors_in_a_row += 1
         self.log.warning("extract %s: giving up after %d demux errors in a row", self.stem, errors_in_a_row)
 
-    def _remember_position(self, packet) -> None:
-        if self.cfg.sampling == "keyframes" and packet.pts is not None:
-            self.packet_positions[packet.pts] = self.packets_seen
-            if len(self.packet_positions) > 512:  # the decoder is never this far behind
-                del self.packet_positions[next(iter(self.packet_positions))]
-        self.packets_seen += 1
+    # -- damage
 
-    def _corrupt(self, exc: Exception | None = None, what: str = "packet") -> None:
+    def _error(self, exc: Exception | None, pts, what: str = "packet") -> None:
+        """A packet that did not decode (or was lost): counted; the frames decoded after it
+        until the next keyframe come from damaged references and are flagged."""
         self.result.frames_corrupt += 1
-        if exc is not None:
-            self.last_error = _ffmpeg_message(exc)
-        if self.result.frames_corrupt == 1:
-            self.log.warning("extract %s: damaged %s skipped (%s)", self.stem, what, self.last_error)
+        message = ffmpeg_message(exc) if exc is not None else f"the decoder flagged a {what} as corrupt"
+        self.last_error = message
+        if self.result.first_decode_error is None:
+            self.result.first_decode_error = message
+            self.log.warning(
+                "extract %s: damaged %s at %s: %s%s",
+                self.stem,
+                what,
+                f"{self._seconds(pts):.2f} s" if pts is not None else "an unknown time",
+                message,
+                "" if what == "frame" else "; frames until the next keyframe are flagged damaged",
+            )
+        start = self._seconds(pts) if pts is not None else self._seconds(self.last_pts)
+        if not self.damage_active:
+            self.damage_active = True
+            self.damage_end_pts = None
+            self.damage_ranges.append([round(start, 3), round(start, 3)])
+        else:
+            self.damage_ranges[-1][0] = min(self.damage_ranges[-1][0], round(start, 3))
+
+    def _close_damage(self) -> None:
+        """End the last range at the GOP's last frame (what the damage reaches, decoded or not)."""
+        idx = self.index
+        for rng in self.damage_ranges:
+            if idx is not None and self.time_base is not None:
+                end = idx.gop_end_pts(int(rng[0] / float(self.time_base)) + (self.start_pts or 0))
+                if end is not None:
+                    rng[1] = round(max(rng[1], self._seconds(end)), 3)
+        self.result.damage_ranges_s = self.damage_ranges
+
+    def _is_damaged(self, frame, pts) -> bool:
+        if frame.is_corrupt:  # the decoder itself flagged it: this frame, not its successors
+            if self.damage_active:
+                self.result.frames_corrupt += 1
+            else:
+                self._error(None, pts, what="frame")
+                self.damage_active = False
+            return True
+        if not self.damage_active:
+            return False
+        if self.damage_end_pts is not None and pts is not None and pts >= self.damage_end_pts:
+            self.damage_active = False
+            return False
+        if pts is not None and self.damage_ranges:
+            self.damage_ranges[-1][1] = max(self.damage_ranges[-1][1], round(self._seconds(pts), 3))
+        return True
+
+    # -- frames
 
     def _frame(self, frame) -> None:
         result = self.result
+        pts = frame.pts if frame.pts is not None else frame.dts
+        if self.resume_pts is not None:
+            if pts is not None and pts < self.resume_pts:
+                return  # a leftover of the GOP before an intentional gap: neither kept nor damage
+            self.resume_pts = None
         self.decoded += 1
-        t = self._time(frame)
-        index = self._index(frame, t)
+        t = self._time(pts)
+        index = self._index(pts, t)
         self.last_index, self.position = index, index + 1
-        if frame.is_corrupt:
-            self._corrupt(what="frame")
-            return
-        result.frames_read += 1
-        if not self.sampler.keep(index, t):
+        if pts is not None:
+            self.last_pts = pts
+        damaged = self._is_damaged(frame, pts)
+        if damaged:
+            result.frames_damaged_decoded += 1
+        else:
+            result.frames_read += 1
+        if not self._keep(index, pts, t):
             result.frames_skipped += 1
+        elif damaged and self.cfg.damaged_frames == "drop":
+            result.frames_damaged += 1
         else:
             # one reformatter for the whole video: PyAV's per-frame one re-creates the
             # scaler each time, ~10x slower than the conversion itself
             image = self.reformatter.reformat(frame, format="bgr24").to_ndarray()
-            if self._is_duplicate(image):
+            if not damaged and self._is_duplicate(image):
                 result.frames_duplicate += 1
             else:
-                self._submit(image, index, t, _rotation_of(frame, self.stream))
+                self._submit(image, index, t, rotation_of(frame, self.stream), damaged)
         if time.monotonic() >= self.next_log:
             self._log_progress()
 
-    def _time(self, frame) -> float:
+    def _keep(self, index: int, pts, t: float) -> bool:
+        policy = self.cfg.sampling
+        if policy in ("all", "keyframes"):
+            return True
+        if self.every_n_fallback:
+            return index % self.cfg.every_n == 0
+        if self.fps_fallback or pts is None:
+            # first frame at or after each step of presentation time; works for variable
+            # frame rates, and a gap in the stream skips the steps it spans
+            step = 1.0 / self.cfg.fps
+            if t < self.next_t - 1e-6:
+                return False
+            self.next_t = (int(t / step + 1e-6) + 1) * step
+            return True
+        key = self.plan is not None and pts in self.plan.key_picks
+        hit = bool(self.targets) and self.targets[0] <= pts
+        while self.targets and self.targets[0] <= pts:
+            self.targets.popleft()
+        return key or hit
+
+    def _seconds(self, pts) -> float:
+        if pts is None or self.time_base is None:
+            return 0.0
+        return float((pts - (self.start_pts or 0)) * self.time_base)
+
+    def _time(self, pts) -> float:
         """Presentation time in seconds since the stream start."""
-        pts = frame.pts if frame.pts is not None else frame.dts
         if pts is None or self.time_base is None:
             return (self.decoded - 1) / self.fallback_fps
         if self.start_pts is None or (self.decoded == 1 and pts < self.start_pts):
             self.start_pts = pts  # no stream start time, or the first frame precedes it
         return float((pts - self.start_pts) * self.time_base)
 
-    def _index(self, frame, t: float) -> int:
-        if self.cfg.sampling != "keyframes":
-            return self.decoded - 1
-        # keyframes only: the position in the video is the number of packets before the
-        # keyframe's own (exact for closed GOPs), so names match the other policies'
-        position = self.packet_positions.get(frame.pts)
-        if position is None:
-            position = round(t * self.fallback_fps)
-        return max(position, self.last_index + 1)
+    def _index(self, pts, t: float) -> int:
+        """The frame's true position: the rank of its timestamp among all packets (so
+        skipped, undecoded and damaged frames keep their places)."""
+        if self.index is not None and pts is not None:
+            return max(self.index.position(pts), self.last_index + 1)
+        if self.cfg.sampling == "keyframes" or self.result.frames_corrupt:
+            return max(round(t * self.fallback_fps), self.last_index + 1)
+        return self.decoded - 1
 
     def _is_duplicate(self, image: np.ndarray) -> bool:
         if not self.cfg.dedupe.enabled:
@@ -461,13 +491,19 @@ class _Extraction:
         self.last_thumb = thumb
         return False
 
-    def _submit(self, image: np.ndarray, index: int, t: float, rotation: int) -> None:
+    def _submit(self, image: np.ndarray, index: int, t: float, rotation: int, damaged: bool) -> None:
         name = frame_name(self.stem, index, self.info.n_frames, self.video_ext, self.image_ext)
-        self._drain(all_done=False)
+        self._wait(all_done=False)
         self.inflight.add(self.pool.submit(self._encode_and_sink, name, image, rotation))
+        if self.on_frame is not None:
+            self.on_frame(name, cv2.rotate(image, _CV2_ROTATE[rotation]) if rotation else image, damaged)
         self.result.frame_names.append(name)
         self.result.frame_indices.append(index)
         self.result.frame_timestamps_s.append(t)
+        self.result.frame_metadata[name] = frame_facts(image, rotation, self.shots)
+        if damaged:
+            self.result.frames_damaged += 1
+            self.result.damaged_frames.append(name)
 
     def _encode_and_sink(self, name: str, image: np.ndarray, rotation: int) -> None:
         if rotation:
@@ -487,7 +523,7 @@ class _Extraction:
             raise RuntimeError(f"could not encode {name}")
         self.sink(name, encoded.tobytes())
 
-    def _drain(self, *, all_done: bool) -> None:
+    def _wait(self, *, all_done: bool) -> None:
         """Wait until there is room for one more frame (or until all are done)."""
         limit = 0 if all_done else self.max_inflight - 1
         while len(self.inflight) > limit:
@@ -504,7 +540,7 @@ class _Extraction:
         total = max(self.info.n_frames, self.position)
         left = (total - self.position) / speed if speed > 0 else float("nan")
         self.log.info(
-            "extract %s: %d/%d frames decoded (%d%%), %d written, %.0f fps, ETA %.0f s",
+            "extract %s: %d/%d frames (%d%%), %d written, %.0f frames/s, ETA %.0f s",
             self.stem,
             self.position,
             total,
@@ -519,7 +555,7 @@ _CV2_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2
 
 
 def extract_to_s3(
-    s3, bucket: str, key: str, etag: str, cfg: PipelineConfig, *, work_dir: PathLike, log=None
+    s3, bucket: str, key: str, etag: str, cfg: PipelineConfig, *, work_dir: PathLike, log=None, on_frame=None
 ) -> dict:
     """Extract frames of ``s3://bucket/key`` into the output bucket; return the manifest.
 
@@ -547,7 +583,9 @@ def extract_to_s3(
         log.info("extract %s: downloading s3://%s/%s", stem, bucket, key)
         s3.download_file(bucket, key, tmp_path)
         try:
-            result = extract_frames(tmp_path, ext_cfg, sink, stem=stem, video_ext=ext, log=log)
+            result = extract_frames(
+                tmp_path, ext_cfg, sink, stem=stem, video_ext=ext, log=log, on_frame=on_frame
+            )
         except BadVideo as bad:
             log.warning("extract %s: quarantined: %s", stem, bad.reason)
             result = ExtractionResult.from_info(bad.info, "quarantined", bad.reason)
@@ -561,7 +599,17 @@ def extract_to_s3(
         "frames_prefix": s3_uri(out_bucket, prefix + "/"),
         "manifest_uri": s3_uri(out_bucket, manifest_key),
         "image_format": ext_cfg.image_format,
-        "sampling": ext_cfg.model_dump(include={"sampling", "fps", "every_n", "dedupe"}),
+        "sampling": ext_cfg.model_dump(
+            include={
+                "sampling",
+                "fps",
+                "every_n",
+                "dedupe",
+                "skip_decoding",
+                "keyframe_tolerance",
+                "damaged_frames",
+            }
+        ),
         **result.to_manifest(),
     }
     put_json(s3, out_bucket, manifest_key, manifest)

@@ -10,6 +10,8 @@ import numpy as np
 # frames above which they are in different shots: on bikes.mp4 (25 fps) it finds the five
 # cuts one sees and nothing else
 CUT_DISTANCE = 0.3
+# thumbnail side the per-frame metadata and shots are measured on (~1 ms a frame)
+METADATA_SIDE = 320
 
 
 def frame_metadata(image: np.ndarray) -> dict[str, float]:
@@ -72,3 +74,22 @@ class ShotDetector:
         if prev is None or cv2.compareHist(prev, hist, cv2.HISTCMP_BHATTACHARYYA) > self.cut_distance:
             self.shot += 1
         return self.shot
+
+
+def frame_facts(image: np.ndarray, rotation: int, shots: ShotDetector) -> dict[str, float]:
+    """One written frame's shot and Lightly metadata, measured on a thumbnail of at most
+    ``METADATA_SIDE`` px of the BGR ``image`` (``width``/``height`` are the written frame's,
+    after ``rotation``). Frames must come in time order (the shot detector's state)."""
+    import cv2  # OpenCV is already loaded wherever frames are decoded
+
+    h, w = image.shape[:2]
+    scale = min(1.0, METADATA_SIDE / max(h, w))
+    thumb = (
+        image
+        if scale == 1.0
+        else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    )
+    facts = {k: round(v, 4) for k, v in frame_metadata(thumb[..., ::-1]).items()}
+    facts["width"], facts["height"] = (h, w) if rotation in (90, 270) else (w, h)
+    facts["shot"] = shots.update(thumb)
+    return facts

@@ -15,6 +15,7 @@ from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
 from framesift.ingest import registry
+from framesift.ingest.damage import extraction_line
 from framesift.ingest.discovery import find_new_videos, is_video_key, objects_from_trigger_payloads
 from framesift.ingest.registry import (
     DISCOVERED,
@@ -144,36 +145,43 @@ def extract_one(
         from framesift.ingest.extract import extract_to_s3  # PyAV loads only where frames are decoded
 
         manifest = extract_to_s3(s3, ref.bucket, ref.key, ref.etag, cfg, work_dir=work_dir, log=log)
-        fields = {
-            "manifest_uri": manifest.get("manifest_uri"),
-            "frames_prefix": manifest.get("frames_prefix"),
-            "frames": {
-                k: manifest.get(k)
-                for k in (
-                    "frames_read",
-                    "frames_written",
-                    "frames_skipped",
-                    "frames_duplicate",
-                    "frames_corrupt",
-                )
-            },
-            "video": {
-                k: manifest.get(k) for k in ("width", "height", "fps", "duration_s", "codec", "rotation")
-            },
-        }
-        if manifest["status"] == QUARANTINED:
-            log.warning(
-                "quarantined s3://%s/%s: %s. Next step: fix or re-encode the file and upload it again "
-                "(a new version gets a new record).",
-                ref.bucket,
-                ref.key,
-                manifest.get("reason"),
-            )
-            return QUARANTINED, manifest.get("reason"), fields
-        return EXTRACTED, None, fields
+        return extraction_outcome(ref, manifest)
 
     doc, did = run_stage(db, ref, run_id, working=EXTRACTING, from_statuses=[DISCOVERED], work=work)
     return stage_outcome(ref, doc, skipped=not did)
+
+
+def extraction_outcome(ref: VideoRef, manifest: dict[str, Any]) -> tuple[str, str | None, dict[str, Any]]:
+    """(status, reason, registry fields) of an extraction manifest, for ``run_stage``."""
+    fields = {
+        "manifest_uri": manifest.get("manifest_uri"),
+        "frames_prefix": manifest.get("frames_prefix"),
+        "frames": {
+            k: manifest.get(k)
+            for k in (
+                "frames_read",
+                "frames_written",
+                "frames_skipped",
+                "frames_undecoded",
+                "frames_duplicate",
+                "frames_corrupt",
+                "frames_damaged",
+                "first_decode_error",
+                "damage_ranges_s",
+            )
+        },
+        "video": {k: manifest.get(k) for k in ("width", "height", "fps", "duration_s", "codec", "rotation")},
+    }
+    if manifest["status"] == QUARANTINED:
+        log.warning(
+            "quarantined s3://%s/%s: %s. Next step: fix or re-encode the file and upload it again "
+            "(a new version gets a new record).",
+            ref.bucket,
+            ref.key,
+            manifest.get("reason"),
+        )
+        return QUARANTINED, manifest.get("reason"), fields
+    return EXTRACTED, None, fields
 
 
 def run_videos(db: Database, video_ids: Iterable[str]) -> list[dict[str, Any]]:
@@ -204,5 +212,15 @@ def summarize(docs: list[dict[str, Any]]) -> dict[str, Any]:
             }
             for d in docs
             if d["status"] == EXTRACTED
+        ],
+        # videos with frames decoded from damaged references: "extracted 5 frames, 2 damaged (...)"
+        "damaged": [
+            {
+                "key": d["key"],
+                "frames_damaged": d["frames"]["frames_damaged"],
+                "line": extraction_line(d["frames"]),
+            }
+            for d in docs
+            if (d.get("frames") or {}).get("frames_damaged")
         ],
     }

@@ -109,7 +109,11 @@ def _print_outcome(db, s3, demo_dir: Path, ls, elapsed: float, returncode: int, 
     print(f"{'video':<28} {'status':<13}{'frames':>7}{'selected':>10}  detections")
     for doc in videos:
         inf = doc.get("inference") or {}
-        counts = ", ".join(f"{k} {v}" for k, v in (inf.get("counts") or {}).items()) or "-"
+        # classes seen, most boxes first (a COCO model has 80 classes, most of them 0 here)
+        seen = sorted(
+            ((v, k) for k, v in (inf.get("counts") or {}).items() if v), key=lambda kv: (-kv[0], kv[1])
+        )
+        counts = ", ".join(f"{k} {v}" for v, k in seen) or "-"
         frames = (doc.get("frames") or {}).get("frames_written", 0)
         selected = len(doc.get("selected_frames") or [])
         print(

@@ -156,6 +156,8 @@ def format_run(doc: dict[str, Any]) -> str:
         line += f"\n    ClearML: {doc['clearml'].get('url')}"
     for item in s.get("quarantined", []) + s.get("failed", []):
         line += f"\n    ! {item['key']}: {item['reason']}"
+    for item in s.get("damaged", []):
+        line += f"\n    ~ {item['key']}: {item['line']}"
     return line
 
 

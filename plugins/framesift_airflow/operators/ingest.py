@@ -64,18 +64,23 @@ class RegisterUploadsOperator(ConfigOperator):
 class ExtractFramesOperator(PerVideoOperator):
     """Extract sampled frames of one video to S3 and record the outcome.
 
-    A bad video is quarantined with its reason and this task instance is skipped (the
-    rest of the batch goes on); infrastructure errors fail and retry.
+    With ``inference.overlap`` (the default) the detector runs here too, on the frames as
+    they are decoded, and the ``infer`` task finds the video inferred. A bad video is
+    quarantined with its reason and this task instance is skipped (the rest of the batch
+    goes on); infrastructure errors fail and retry.
     """
 
     ui_color = "#fdf3e8"
 
     def execute(self, context) -> dict[str, Any]:
+        from framesift.inference.overlap import can_overlap
+        from framesift.inference.stage import extract_and_infer_one
         from framesift.ingest.registry import EXTRACTED, INFERRED, INFERRING, SELECTING
         from framesift.ingest.stage import extract_one
 
         hook = framesift_hook(self.config_path)
-        outcome = extract_one(
+        stage = extract_and_infer_one if can_overlap(hook.config) else extract_one
+        outcome = stage(
             hook.s3,
             hook.db,
             hook.config,
