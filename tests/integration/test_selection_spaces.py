@@ -10,7 +10,7 @@ import pytest
 from framesift.inference import predictions as lp
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
-from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, s3_uri
+from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, put_bytes, put_json, s3_uri
 from framesift.selection.batch import select_batch
 from framesift.selection.batch_inputs import split_budget
 from framesift.selection.datapool import read_datapool
@@ -169,3 +169,47 @@ def test_metadata_strategies_read_what_the_pipeline_records(s3, db, isolated):
     }
     rec = select_batch(s3, db, cfg, refs, run_id="r1", overrides={"n_samples": 3, "strategies": [bal]})
     assert sorted(v["frames"] for v in rec["videos"]) == [1, 1, 1]
+
+
+def test_image_metadata_from_the_manifest_drives_threshold_and_balance(s3, db, isolated):
+    """Lightly's per-frame metadata (sharpness) and the shots extraction records in the
+    manifest are what METADATA strategies see in an ingest run."""
+    cfg = isolated.model_copy(deep=True)
+    rng = np.random.default_rng(5)
+    ref = _video(s3, db, cfg, "mm", _unit(rng, 12, 8), "m")
+    names = [f"mm-{i:03d}-mp4.png" for i in range(12)]
+    # frames 0-5 blurred (sharpness 1), 6-11 sharp (50); shots: 0-9 one long shot, 10-11 another
+    facts = {
+        n: {"shot": 0 if i < 10 else 1, "sharpness": 1.0 if i < 6 else 50.0} for i, n in enumerate(names)
+    }
+    key = join_key(cfg.storage.output_prefix, "videos", "mm", "manifest.json")
+    put_json(s3, cfg.storage.out_bucket, key, {"frame_metadata": facts})
+    db.videos.update_one({"_id": "mm"}, {"$set": {"manifest_uri": s3_uri(cfg.storage.out_bucket, key)}})
+
+    sharp = {
+        "input": {"type": "METADATA", "key": "lightly.sharpness"},
+        "strategy": {"type": "THRESHOLD", "threshold": 10, "operation": "BIGGER"},
+    }
+    div = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
+    rec = select_batch(
+        s3, db, cfg, [ref], run_id="r1", overrides={"n_samples": 4, "strategies": [div, sharp]}
+    )
+    assert len(rec["selected"]) == 4
+    assert all(int(f.split("-")[1]) >= 6 for f in rec["selected"]), rec["selected"]
+
+    # balance over shots: the short shot gets half of a budget of 2, though it has 2 of 12 frames
+    db.selections.delete_many({})
+    shots = {
+        "input": {"type": "METADATA", "key": "shot"},
+        "strategy": {"type": "BALANCE", "distribution": "UNIFORM"},
+    }
+    ref2 = _video(s3, db, cfg, "mn", _unit(rng, 12, 8), "m")
+    facts2 = {n.replace("mm-", "mn-"): f for n, f in facts.items()}
+    key2 = join_key(cfg.storage.output_prefix, "videos", "mn", "manifest.json")
+    put_json(s3, cfg.storage.out_bucket, key2, {"frame_metadata": facts2})
+    db.videos.update_one({"_id": "mn"}, {"$set": {"manifest_uri": s3_uri(cfg.storage.out_bucket, key2)}})
+    rec2 = select_batch(
+        s3, db, cfg, [ref2], run_id="r2", overrides={"n_samples": 2, "strategies": [div, shots]}
+    )
+    picked = sorted(int(f.split("-")[1]) for f in rec2["selected"])
+    assert picked[0] < 10 <= picked[1], rec2["selected"]
