@@ -213,3 +213,7 @@ def test_image_metadata_from_the_manifest_drives_threshold_and_balance(s3, db, i
     )
     picked = sorted(int(f.split("-")[1]) for f in rec2["selected"])
     assert picked[0] < 10 <= picked[1], rec2["selected"]
+    # the record and the report say how many recorded shots have a pick
+    assert rec2["shots"] == {"shots": 2, "covered": 2, "videos": {ref2.key: {"shots": 2, "covered": 2}}}
+    report = get_bytes(s3, *parse_s3_uri(rec2["report_uri"])).decode()
+    assert f"Shots: 2 of 2 recorded shots have a pick ({ref2.key} 2 of 2)" in report

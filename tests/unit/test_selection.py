@@ -14,7 +14,7 @@ from framesift.config.loading import parse_config
 from framesift.config.schema import SelectionConfig
 from framesift.selection.engine import select
 from framesift.selection.inputs import SelectionInputs, parse_frame_name
-from framesift.selection.metrics import coverage
+from framesift.selection.metrics import coverage, shot_coverage
 from framesift.selection.shards import merge_shards, select_shard, shard_from_bytes, shard_to_bytes
 from framesift.selection.spec import SelectionConfigError, StrategyType, parse_selection, parse_strategy
 
@@ -934,3 +934,12 @@ def test_selection_properties(problem):
     assert total == n
     again = select(inp, s, datapool_ids=pool_ids, selected_sequence_length=seq)  # deterministic
     assert list(again.selected) == sel
+
+
+def test_shot_coverage_counts_the_shots_with_a_pick_per_video():
+    shots = ["a:0", "a:0", "a:1", "a:2", "b:0", "b:1"]
+    videos = ["a.mp4"] * 4 + ["b.mp4"] * 2
+    cov = shot_coverage(shots, videos, [0, 1, 3, 4])
+    assert (cov["shots"], cov["covered"]) == (5, 3)
+    assert cov["videos"] == {"a.mp4": {"shots": 3, "covered": 2}, "b.mp4": {"shots": 2, "covered": 1}}
+    assert shot_coverage(shots, videos, [])["covered"] == 0

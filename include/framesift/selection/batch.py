@@ -34,7 +34,7 @@ from framesift.selection.batch_inputs import by_space, check_supported, query_se
 from framesift.selection.datapool import SELECTIONS, Datapool, read_datapool, write_datapool
 from framesift.selection.engine import select
 from framesift.selection.inputs import SelectionInputs
-from framesift.selection.metrics import closest_pairs
+from framesift.selection.metrics import closest_pairs, shot_coverage
 from framesift.selection.result import SelectionResult, combine_results
 from framesift.selection.shards import (
     ShardResult,
@@ -499,7 +499,10 @@ def _finish(
                 "redundancy": closest_pairs(p.inputs.embeddings, p.result.selected, NEAR_DUPLICATE_DISTANCE),
             }
         )
-    report_uri = _write_report(ctx, batch, inputs, result, prefix, shards, _report_notes(spaces))
+    shots = None
+    if inputs.metadata and "shot" in inputs.metadata:
+        shots = shot_coverage(list(inputs.metadata["shot"]), list(inputs.video_keys), result.selected)
+    report_uri = _write_report(ctx, batch, inputs, result, prefix, shards, _report_notes(spaces, shots))
     by_video: dict[str, list[str]] = {}
     for name in result.selected_names:
         vid, frame = name.split("/", 1)
@@ -528,6 +531,7 @@ def _finish(
         "timings": values["timings"],
         "shards": shards,
         "embedding_spaces": spaces,
+        "shots": shots,  # shots extraction recorded, and how many have a pick (per video)
         "embedding_2d": _scatter_points(biggest.inputs.embeddings, biggest.result.selected),
         "report_uri": report_uri,
         "datapool_uris": datapool_uris,  # one file per embedding space
@@ -555,8 +559,15 @@ def _finish(
     return record
 
 
-def _report_notes(spaces: list[dict[str, Any]]) -> list[str]:
+def _report_notes(spaces: list[dict[str, Any]], shots: dict[str, Any] | None = None) -> list[str]:
     notes = []
+    if shots and shots["shots"]:
+        per_video = ", ".join(
+            f"{v} {r['covered']} of {r['shots']}" for v, r in list(shots["videos"].items())[:20]
+        )
+        notes.append(
+            f"Shots: {shots['covered']} of {shots['shots']} recorded shots have a pick ({per_video})."
+        )
     if len(spaces) > 1:
         notes.append(
             f"The videos are embedded by {len(spaces)} models: each embedding space was selected apart, the "

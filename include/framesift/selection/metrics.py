@@ -37,3 +37,19 @@ def closest_pairs(embeddings: np.ndarray, selected: Sequence[int] | np.ndarray, 
         "pairs_below": int((d[upper] < below).sum()),
         "below": below,
     }
+
+
+def shot_coverage(shots: Sequence[str], videos: Sequence[str], selected: Sequence[int] | np.ndarray) -> dict:
+    """How many of the shots extraction recorded have at least one pick, per video
+    (``{video: {"shots": n, "covered": m}}``) and in all."""
+    picked = {shots[int(i)] for i in selected}
+    per_video: dict[str, dict[str, int]] = {}
+    for shot, video in dict(zip(shots, videos, strict=True)).items():
+        row = per_video.setdefault(video, {"shots": 0, "covered": 0})
+        row["shots"] += 1
+        row["covered"] += shot in picked
+    return {
+        "shots": sum(r["shots"] for r in per_video.values()),
+        "covered": sum(r["covered"] for r in per_video.values()),
+        "videos": per_video,
+    }
