@@ -42,7 +42,8 @@ def resumed_push_items(
     db: Database, video_ids: list[str], exclude: set[str] = frozenset()
 ) -> list[dict[str, Any]]:
     """Push items for videos of a run's batch that an earlier run selected but never
-    pushed: ``selected``, or stranded in ``pushing`` (their claim's lease ran out)."""
+    pushed: ``selected``, stranded in ``pushing`` (their claim's lease ran out), or failed
+    at the push (the batch only holds failed videos a run may retry)."""
     ts = registry.now()
     docs = db[registry.VIDEOS].find(
         {
@@ -51,6 +52,7 @@ def resumed_push_items(
             "$or": [
                 {"status": registry.SELECTED},
                 {"status": registry.PUSHING, "$or": [{"claim": None}, {"claim.lease_until": {"$lt": ts}}]},
+                {"status": registry.FAILED, "failed_stage": registry.PUSHING},
             ],
         }
     )

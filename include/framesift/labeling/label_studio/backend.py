@@ -160,6 +160,10 @@ class LabelStudioBackend:
         client = LabelStudioClient(url, str(token), **client_kwargs)
         return cls(client, s3, project_name=cfg.labeling.project_name, **kwargs)
 
+    def check_access(self) -> None:
+        """The server answers and accepts the token (BadCredentials / BackendUnavailable)."""
+        self.client.get_json("/api/current-user/whoami")
+
     # --- project
 
     def _find_project(self) -> dict[str, Any] | None:
