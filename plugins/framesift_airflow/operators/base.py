@@ -68,9 +68,19 @@ def attempt_of(context, cfg):
 
 
 def framesift_hook(config_path):
+    """The hook (config and clients). A config that does not load fails the task at once
+    with the validation message: no retry can fix a YAML file."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from framesift.config.schema import ConfigError
     from framesift_airflow.hooks import FramesiftHook
 
-    return FramesiftHook(config_path)
+    try:
+        return FramesiftHook(config_path)
+    except ConfigError as exc:
+        raise AirflowFailException(
+            f"the pipeline config does not load: {exc}. Fix the YAML (`framesift config` checks it)."
+        ) from None
 
 
 def work_dir(*parts: str) -> str:

@@ -45,6 +45,9 @@ class PlanSelectionOperator(BatchOperator):
         from framesift.selection.batch import plan_selection
         from framesift.selection.presets import selection_overrides
 
+        if self.videos is None:  # nothing was inferred: every video failed, or the run stopped early
+            self.log.info("no inferred videos in this run: nothing to plan")
+            return []
         hook = framesift_hook(self.config_path)
         return plan_selection(
             hook.s3,
@@ -109,6 +112,9 @@ class SelectFramesOperator(BatchOperator):
         from framesift.selection.batch import select_batch
         from framesift.selection.presets import selection_overrides
 
+        if self.batch is None:  # register_uploads did not finish: the summary fails the run
+            self.log.info("this run registered no batch: nothing to select or push")
+            return []
         hook = framesift_hook(self.config_path)
         params = dict(context["params"])
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from framesift_airflow.operators.base import ConfigOperator, framesift_hook
+from framesift_airflow.operators.base import ConfigOperator
 
 STORAGE, MONGO, MODEL, LABELING, TRIGGER = "storage", "mongo", "model", "labeling", "trigger"
 
@@ -34,13 +34,14 @@ class CheckSetupOperator(ConfigOperator):
         from framesift.config.errors import classify
         from framesift.config.schema import ConfigError
         from framesift.tracking import preflight
+        from framesift_airflow.hooks import FramesiftHook
 
         problems: list[preflight.Problem] = []
         if TRIGGER in self.checks:
             conf = getattr(context.get("dag_run"), "conf", None) or {}
             problems += preflight.check_trigger_keys(conf, list(self.dag.params.keys()))
         try:
-            hook = framesift_hook(self.config_path)
+            hook = FramesiftHook(self.config_path)
         except ConfigError as exc:
             raise AirflowFailException(
                 f"the pipeline config does not load: {exc}. Fix the YAML (`framesift config` checks it); "
