@@ -43,6 +43,7 @@ def infer_one(
             "fps",
             "elapsed_s",
             "model_uri",
+            "model_version",
             "device",
             "task_name",
             "embedding_model",

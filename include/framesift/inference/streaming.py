@@ -21,7 +21,7 @@ from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
 from framesift.inference.detector import Detector
 from framesift.inference.embedders import SSL_BATCH_SIZE, Embedder, SimCLREmbedder, make_embedder
-from framesift.inference.models import PathLike
+from framesift.inference.models import PathLike, model_version
 from framesift.inference.runtimes import import_torch
 from framesift.io import layout
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, s3_uri, upload
@@ -312,6 +312,9 @@ def run_inference(
         "status": "done" if total else "no_frames",
         "task_name": task,
         "model_uri": detector.model_uri,
+        "model_version": model_version(
+            detector.model_uri, getattr(getattr(detector, "network", None), "weights_sha256", None)
+        ),
         "device": str(detector.device),
         "half": detector.half,
         "frames_total": total,
