@@ -25,6 +25,7 @@ from framesift.inference.models import PathLike, model_version
 from framesift.inference.runtimes import import_torch
 from framesift.io import layout
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, s3_uri, upload
+from framesift.io.summaries import detections_line
 
 _LOG = logging.getLogger("framesift.inference")
 
@@ -339,13 +340,12 @@ def run_inference(
     if ssl_embedder is not None:
         summary["ssl"] = {"epochs": ssl.max_epochs, "backbone": ssl_embedder.kind, "losses": ssl_losses}
     log.info(
-        "infer %s: done, %d/%d frames (%d failed), %d boxes %s in %.1f s (%.1f frames/s)",
+        "infer %s: done, %d/%d frames (%d failed), %s in %.1f s (%.1f frames/s)",
         stem,
         done,
         total,
         n_failed,
-        n_boxes,
-        dict(counts),
+        detections_line(dict(counts), n_boxes),
         elapsed,
         summary["fps"],
     )

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from framesift.io.summaries import detections_line
 from framesift_airflow.links import ClearMLRunLink
 from framesift_airflow.operators.base import (
     BatchOperator,
@@ -171,15 +172,6 @@ def run_links(dag_id: str, run_id: str) -> dict[str, str | None]:
         "airflow_run": airflow_run_url(dag_id, run_id),
         "clearml_page": page_url("clearml", absolute=True, dag_id=dag_id, run_id=run_id),
     }
-
-
-def detections_line(counts: dict[str, int] | None, boxes: int | None) -> str:
-    """``"person 3, car 1 (4 boxes)"``: classes seen, most first; ``"no detections"``."""
-    seen = sorted(((n, c) for c, n in (counts or {}).items() if n), key=lambda t: (-t[0], t[1]))
-    if not seen:
-        return "no detections"
-    total = boxes if boxes is not None else sum(n for n, _ in seen)
-    return ", ".join(f"{c} {n}" for n, c in seen) + f" ({total} box{'es' if total != 1 else ''})"
 
 
 class IngestSummaryOperator(BatchOperator):
