@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
-from framesift.config.loading import load_config
+from framesift.config.loading import load_config_for_wiring
 from framesift_airflow.assets import inference_asset
 from framesift_airflow.operators.drift import (
     DeliverAlertsOperator,
@@ -15,8 +15,10 @@ from framesift_airflow.operators.drift import (
     DriftSignalsOperator,
     UpdateIncidentsOperator,
 )
+from framesift_airflow.operators.setup import MONGO, STORAGE, CheckSetupOperator
 
-cfg = load_config()
+# a config that does not load still gives a listed DAG whose check_setup fails with the message
+cfg, config_problem = load_config_for_wiring()
 inferred = inference_asset(cfg)
 schedule = (
     AssetOrTimeSchedule(timetable=CronTriggerTimetable(cfg.drift.schedule, timezone="UTC"), assets=[inferred])
@@ -52,9 +54,19 @@ missing, webhook down); the alert waits in Mongo `alert_outbox` and the next run
 signals and open incidents. On-call: docs/operations.md, "On-call: drift alerts".
 """
 
+if config_problem:
+    DOC = (
+        f"**The pipeline config does not load**: `{config_problem}`. Every run fails at "
+        "`check_setup` until it is fixed (`framesift config` checks it).\n\n" + DOC
+    )
+
 with DAG(
     dag_id="framesift_drift",
-    description="Drift signals on recent frames -> incidents -> alerts -> drifted frames to labeling",
+    description=(
+        f"CONFIG ERROR: {config_problem[:200]}"
+        if config_problem
+        else "Drift signals on recent frames -> incidents -> alerts -> drifted frames to labeling"
+    ),
     doc_md=DOC,
     schedule=schedule,
     start_date=datetime(2026, 1, 1),
@@ -68,7 +80,9 @@ with DAG(
         "retry_exponential_backoff": True,
     },
 ) as dag:
+    check = CheckSetupOperator(task_id="check_setup", checks=(STORAGE, MONGO))
     signals = DriftSignalsOperator(task_id="compute_signals", execution_timeout=timedelta(minutes=30))
+    check >> signals
     recorded = DriftRunRecordOperator(task_id="record_run", signals=signals.output)
     incidents = UpdateIncidentsOperator(task_id="update_incidents", signals=recorded.output)
     # one quick retry for a blip; after that the alert waits in the outbox for the next run

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
 
-from framesift.config.loading import load_config
+from framesift.config.loading import load_config_for_wiring
 from framesift.selection.presets import PRESETS
 from framesift_airflow.assets import inference_asset, uploads_asset
 from framesift_airflow.operators.ingest import (
@@ -21,8 +21,14 @@ from framesift_airflow.operators.selection import (
     SelectFramesOperator,
     SelectShardOperator,
 )
+from framesift_airflow.operators.setup import LABELING, MODEL, MONGO, STORAGE, TRIGGER, CheckSetupOperator
 
-cfg = load_config()
+# a config that does not load still gives a listed DAG (with the defaults' wiring) whose
+# check_setup fails every run with the validation message
+cfg, config_problem = load_config_for_wiring()
+
+# a mapped task's name in the UI: the video key, and what happened when it is not the usual
+MAP_NAME = "{{ task.video['key'] }}{% if framesift_note is defined and framesift_note %} · {{ framesift_note }}{% endif %}"
 
 # new uploads trigger a run at once; the cron picks up what a run left for later
 # (batches over discovery.max_videos_per_run, videos whose pipeline stopped half way)
@@ -45,7 +51,9 @@ Turns new video uploads into the few frames worth labeling, on the labeling plat
   on `discovery.drain_cron` (every 15 minutes), to drain what earlier runs left (batches over
   `discovery.max_videos_per_run`, interrupted videos); or a manual run from the trigger
   form (prefix, budget, strategy preset, dry run).
-* **register_uploads**: upserts each upload into the Mongo `videos` registry (keyed by
+* **check_setup**: the config loads, the buckets, the model file and the connections are
+  there and the labeling platform accepts the credentials; fails at once otherwise.
+* **register_uploads**: requeues what the form's *Requeue* names, then upserts each upload into the Mongo `videos` registry (keyed by
   bucket/key/etag: duplicates and re-runs never create a second record).
 * **extract_frames** (one per video, named by its key): samples frames with PyAV (decoding
   only what sampling keeps) and writes them, plus a manifest, under
@@ -70,23 +78,37 @@ Turns new video uploads into the few frames worth labeling, on the labeling plat
 * **summary**: counts read back from the registry, a ClearML task (link: *ClearML run*),
   a `runs` record.
 
-**When it fails**: a *skipped* extract_frames means the video was quarantined (bad input;
-the reason is in its log and on its `videos` record): fix and re-upload it. A *failed* one
-is an infrastructure error (S3, Mongo): it retries with backoff, and the next run picks
-the video up again (up to 3 attempts per stage). A failed *infer* that says the model
-could not be loaded names the URI (`inference.model_uri`): fix the path or the
-checkpoint. A failed *push_to_labeling* names the cause: bad credentials (fix the
-`framesift_labeling` connection), a missing frame (its S3 key), or the platform being
-down (it retries with backoff; the push is never duplicated). A task *killed* (out of
-memory, node lost) leaves its video claimed: the retry waits for the claim's lease
-(`claims.lease_s`) and takes it over, and after the last retry the next run does; a
-"refused the write" line is a presumed-dead attempt whose late result was discarded.
-`framesift videos` lists the registry, `framesift status` the last runs.
+**When it fails**: a failed *check_setup* names what to fix before anything runs (the
+config, a bucket, the model file, a connection, the labeling credentials, an unknown
+trigger key); nothing was claimed, the next run goes through once it is fixed.
+*Skipped* means one thing: the video was quarantined (bad input; the reason is beside the
+key and on its `videos` record): fix and re-upload it. A mapped task whose name carries a
+note after the key (`· pushed earlier`, `· inferring in run ...`) had nothing to do in
+this run. A *failed* per-video task names the stage, the error and the fix: a permanent
+error (missing or unreadable model, refused credentials, missing frames) fails at once and
+waits for the fix and `framesift videos requeue KEY` (or this form's *Requeue*); a
+changed config retries it by itself. A transient one (S3, Mongo, the platform down)
+retries with backoff, and later runs retry the video (in up to 3 runs). The *summary*
+fails the run once, naming every video that failed in it; later runs do not fail for it.
+A task *killed* (out of memory, node lost) leaves its video claimed: the retry waits for
+the claim's lease (`claims.lease_s`) and takes it over, and after the last retry the next
+run does; a "refused the write" line is a presumed-dead attempt whose late result was
+discarded. `framesift videos --failed` lists what waits, `framesift status` the last runs.
 """
+
+if config_problem:
+    DOC = (
+        f"**The pipeline config does not load**: `{config_problem}`. Every run fails at "
+        "`check_setup` until it is fixed (`framesift config` checks it).\n\n" + DOC
+    )
 
 with DAG(
     dag_id="framesift_ingest",
-    description="New uploads -> frames -> detections -> selected frames -> labeling platform",
+    description=(
+        f"CONFIG ERROR: {config_problem[:200]}"
+        if config_problem
+        else "New uploads -> frames -> detections -> selected frames -> labeling platform"
+    ),
     doc_md=DOC,
     schedule=schedule,
     start_date=datetime(2026, 1, 1),
@@ -133,17 +155,35 @@ with DAG(
         "dry_run": Param(
             False, type="boolean", title="Dry run", description="Stop after the selection, push nothing."
         ),
+        "requeue": Param(
+            [],
+            type=["null", "array"],
+            items={"type": "string"},
+            title="Requeue",
+            description="Failed videos to retry in this run: S3 keys, one per line, or 'failed' for every "
+            "failed video (what `framesift videos requeue` does).",
+        ),
+        "requeue_reason": Param(
+            None,
+            type=["null", "string"],
+            title="Requeue reason",
+            description="Why (recorded on each requeued video), e.g. 'model file replaced'.",
+        ),
     },
 ) as dag:
+    check = CheckSetupOperator(
+        task_id="check_setup", checks=(TRIGGER, STORAGE, MONGO, MODEL, LABELING), retries=2
+    )
     register = RegisterUploadsOperator(task_id="register_uploads", prefix="{{ params.prefix or '' }}")
+    check >> register
     extract = ExtractFramesOperator.partial(
         task_id="extract_frames",
-        map_index_template="{{ task.video['key'] }}",
+        map_index_template=MAP_NAME,
         execution_timeout=timedelta(hours=2),
     ).expand(video=register.output)
     infer = InferOperator.partial(
         task_id="infer",
-        map_index_template="{{ task.video['key'] }}",
+        map_index_template=MAP_NAME,
         pool="gpu",
         queue="gpu",
         execution_timeout=timedelta(hours=4),
@@ -166,7 +206,7 @@ with DAG(
     shards >> select
     push = PushSequenceOperator.partial(
         task_id="push_to_labeling",
-        map_index_template="{{ task.video['key'] }}",
+        map_index_template=MAP_NAME,
         execution_timeout=timedelta(hours=1),
     ).expand(video=select.output)
     summary = IngestSummaryOperator(task_id="summary", videos=register.output, trigger_rule="all_done")

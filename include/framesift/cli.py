@@ -1,10 +1,12 @@
-"""The ``framesift`` command: the stages without Airflow, the local stack, the demo."""
+"""The framesift command: the stages without Airflow, the registry, the local stack and
+a local Airflow, the demo."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -17,9 +19,9 @@ from framesift.drift import incidents
 from framesift.drift.monitor import compute, format_report
 from framesift.ingest.damage import damage_summary, extraction_line
 from framesift.ingest.discovery import find_new_videos
-from framesift.ingest.registry import count_by_status, ensure_indexes, recent, register
+from framesift.ingest.registry import FAILED, VIDEOS, count_by_status, ensure_indexes, recent, register
 from framesift.ingest.registry import get as get_video
-from framesift.ingest.stage import extract_one
+from framesift.ingest.stage import extract_one, failure_item, failure_line, requeue_videos
 from framesift.io.s3 import head, make_client, parse_s3_uri
 from framesift.local import stack
 from framesift.tracking.runs import format_run, recent_runs
@@ -129,10 +131,28 @@ def cmd_extract(args) -> int:
 
 
 def cmd_videos(args) -> int:
-
     cfg = load_config(args.config)
     _, db = connect(cfg)
+    if args.action == "requeue":
+        return _requeue(db, args)
+    if args.keys:
+        print(
+            "usage: framesift videos [--failed] [--limit N] | framesift videos requeue KEY... | --failed",
+            file=sys.stderr,
+        )
+        return 2
     print("  ".join(f"{k}: {v}" for k, v in sorted(count_by_status(db).items())) or "no videos registered")
+    if args.failed:
+        docs = list(
+            db[VIDEOS].find({"status": FAILED}, {"history": 0}).sort("updated_at", -1).limit(args.limit)
+        )
+        for doc in docs:
+            print(f"{doc['updated_at']:%Y-%m-%d %H:%M:%S}  {failure_line(failure_item(doc))}")
+        if docs:
+            print(
+                "\nrequeue one: framesift videos requeue KEY --reason '...'; all: framesift videos requeue --failed"
+            )
+        return 0
     for doc in recent(db, args.limit):
         frames = (doc.get("frames") or {}).get("frames_written", "-")
         reason = f"  ({doc['reason']})" if doc.get("reason") else ""
@@ -143,6 +163,28 @@ def cmd_videos(args) -> int:
             f"s3://{doc['bucket']}/{doc['key']}{reason}"
         )
     return 0
+
+
+def _requeue(db, args) -> int:
+    if not args.keys and not args.failed:
+        print(
+            "framesift videos requeue: name the S3 keys, or --failed for every failed video", file=sys.stderr
+        )
+        return 2
+    who = f"{os.environ.get('USER') or 'cli'}@{socket.gethostname()}"
+    reason = args.reason or "requeued with the framesift command (no reason given)"
+    moved, missing = requeue_videos(db, keys=args.keys, all_failed=args.failed, reason=reason, by=who)
+    for doc in moved:
+        print(f"requeued {doc['key']}: back to {doc['status']} (failed at {doc['requeued'][-1]['stage']})")
+    for key in missing:
+        print(f"no failed video with key {key} (framesift videos --failed lists them)", file=sys.stderr)
+    if moved:
+        print(
+            f"{len(moved)} video(s) requeued (reason: {reason}); the next framesift_ingest run retries them"
+        )
+    elif not missing:
+        print("no failed videos")
+    return 1 if missing else 0
 
 
 def cmd_status(args) -> int:
@@ -214,8 +256,14 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+# libraries whose INFO lines say nothing a person asked for ("Found credentials in environment variables")
+QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "pymongo", "clearml", "matplotlib", "PIL")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(prog="framesift", description=__doc__)
     parser.add_argument("--config", help="pipeline YAML (default: $FRAMESIFT_CONFIG or the packaged default)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,7 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("uris", nargs="+")
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("videos", help="the videos registry: counts and latest records")
+    p = sub.add_parser(
+        "videos",
+        help="the videos registry: counts and latest records; --failed; requeue KEY... or --failed",
+        description="List the registry (--failed: the failed videos, with the stage, error and fix), or "
+        "requeue failed videos: framesift videos requeue KEY [KEY ...] --reason WHY, or requeue --failed.",
+    )
+    p.add_argument("action", nargs="?", choices=["list", "requeue"], default="list")
+    p.add_argument("keys", nargs="*", help="requeue: S3 keys of failed videos")
+    p.add_argument("--failed", action="store_true", help="list: only failed videos; requeue: all of them")
+    p.add_argument("--reason", help="requeue: why (recorded on each video)")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_videos)
 

@@ -29,7 +29,10 @@ def test_dags_have_docs_tags_and_retries(dagbag):
 def test_ingest_is_asset_scheduled_and_maps_per_video(dagbag):
     dag = dagbag.get_dag("framesift_ingest")
     extract = dag.get_task("extract_frames")
-    assert extract.map_index_template == "{{ task.video['key'] }}"
+    # the video key, and a note after it when the video had nothing to do in this run
+    assert extract.map_index_template.startswith("{{ task.video['key'] }}")
+    assert "framesift_note" in extract.map_index_template
+    assert dag.get_task("check_setup").downstream_task_ids == {"register_uploads"}
     assert dag.get_task("summary").trigger_rule == "all_done"
     (asset,) = dag.timetable.asset_condition.objects  # plus a cron that drains leftovers
     assert asset.name == "framesift_uploads" and asset.watchers
@@ -80,7 +83,15 @@ def test_ingest_trigger_form_schema_and_validation(dagbag):
 
     dag = dagbag.get_dag("framesift_ingest")
     schema = {name: dag.params.get_param(name).schema for name in dag.params}
-    assert set(schema) == {"prefix", "n_samples", "proportion_samples", "preset", "dry_run"}
+    assert set(schema) == {
+        "prefix",
+        "n_samples",
+        "proportion_samples",
+        "preset",
+        "dry_run",
+        "requeue",
+        "requeue_reason",
+    }
     assert schema["n_samples"]["minimum"] == 1 and schema["proportion_samples"]["maximum"] == 1
     assert set(schema["preset"]["enum"]) == {"config", "diverse", "uncertain", "balanced"}
     assert all(schema[n].get("title") and dag.params.get_param(n).description for n in schema)
@@ -93,6 +104,7 @@ def test_ingest_trigger_form_schema_and_validation(dagbag):
 
     assert validate()["preset"] == "config"  # the defaults are valid
     assert validate(n_samples=25, preset="balanced", dry_run=True)["n_samples"] == 25
+    assert validate(requeue=["videos/a.mp4"], requeue_reason="model fixed")["requeue"] == ["videos/a.mp4"]
     for bad in (
         {"n_samples": 0},
         {"n_samples": "ten"},
@@ -121,3 +133,36 @@ def test_presets_map_onto_the_selection_config():
         assert parse_selection(sel, ["person"]).strategies  # every preset is a valid Lightly-shape config
     with pytest.raises(ValueError, match="unknown selection preset"):
         selection_overrides({"preset": "nope"})
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    ["extraction:\n  fsp: 2\n", "inference: [unclosed\n"],
+    ids=["unknown key", "not YAML"],
+)
+def test_a_bad_config_keeps_the_dags_listed_with_the_message(tmp_path, yaml_text):
+    """A typo in the live YAML used to make framesift_ingest and framesift_drift vanish
+    (an import error); now both stay listed, say why in their docs, and fail at check_setup."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "framesift.yaml"
+    bad.write_text(yaml_text)
+    code = (
+        "import json; from airflow.dag_processing.dagbag import DagBag; "
+        f"b = DagBag(dag_folder={str(project_root() / 'dags')!r}); "
+        "print('OUT=' + json.dumps({'errors': {k: str(v)[-300:] for k, v in b.import_errors.items()}, "
+        "'dags': sorted(b.dag_ids), 'docs': {d: b.dags[d].doc_md[:400] for d in b.dag_ids}, "
+        "'first': {d: sorted(t.task_id for t in b.dags[d].roots) for d in b.dag_ids}}))"
+    )
+    env = {**os.environ, "FRAMESIFT_CONFIG": str(bad)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("OUT=")]
+    got = json.loads(line[4:])
+    assert got["errors"] == {}
+    assert {"framesift_ingest", "framesift_drift"} <= set(got["dags"])
+    for dag_id in ("framesift_ingest", "framesift_drift"):
+        assert "does not load" in got["docs"][dag_id] and str(bad) in got["docs"][dag_id]
+        assert got["first"][dag_id] == ["check_setup"]

@@ -179,17 +179,23 @@ def check_run_record_and_clearml(dag, dr, db, cfg):
     serialized = SerializedDagModel.get_dag(dag.dag_id).get_task("summary")
     assert ClearMLRunLink.name in serialized.extra_links
     url = serialized.get_extra_links(dr.get_task_instance("summary"), ClearMLRunLink.name)
-    assert url == doc["clearml"]["url"] == "file://" + doc["clearml"]["offline_zip"]
+    # a page the api-server serves (a browser opens no file:// link from a web page); the
+    # pages themselves: tests/dags/test_report_page.py (the report through /framesift/s3)
+    from framesift_airflow.urls import page_url
 
-    # the selection report link opens the report (a presigned URL of the S3 object)
-    import requests
+    assert url == page_url("clearml", dag_id=dag.dag_id, run_id=dr.run_id) and url.startswith("/framesift/")
+    assert doc["clearml"]["offline_zip"].endswith(".zip")
 
+    # the selection report link: the report through the api-server's pages (never expires)
+    from framesift.io.s3 import get_bytes, parse_s3_uri
     from framesift_airflow.links import LabelingProjectLink, SelectionReportLink
 
     select = SerializedDagModel.get_dag(dag.dag_id).get_task("select_frames")
     report_url = select.get_extra_links(dr.get_task_instance("select_frames"), SelectionReportLink.name)
-    page = requests.get(report_url, timeout=30)
-    assert page.status_code == 200 and "<html" in page.text.lower() and "embeddings.png" in page.text
+    (sel,) = db.selections.find()
+    assert report_url == page_url("s3", uri=sel["report_uri"])
+    page = get_bytes(s3_client(), *parse_s3_uri(sel["report_uri"])).decode()
+    assert "<html" in page.lower() and "data:image/png;base64," in page  # images inside the page
     # each push task links to its sequence in the labeling platform
     push = SerializedDagModel.get_dag(dag.dag_id).get_task("push_to_labeling")
     pushed = {d["key"]: d["labeling"]["url"] for d in db.videos.find({"status": "pushed"})}
@@ -212,8 +218,17 @@ def check_status_command(dr, cfg):
         check=True,
     ).stdout
     assert dr.run_id in out and "videos 4 (" in out and "quarantined 1" in out.replace(":", "")
-    assert "! " + cfg.storage.videos_prefix + "not-a-video.mp4: not a video" in out
-    assert "ClearML: file://" in out
+    assert "! " + cfg.storage.videos_prefix + "not-a-video.mp4: quarantined: not a video" in out
+    assert "ClearML: offline session " in out and "framesift clearml import " in out
+    assert "file://" not in out
+
+
+def s3_client():
+    import os
+
+    from framesift.io.s3 import make_client
+
+    return make_client(endpoint_url=os.environ["FRAMESIFT_S3_ENDPOINT_URL"])
 
 
 def label_studio_task_count(info) -> int:
@@ -229,7 +244,7 @@ def check_selection_and_push(s3, db, cfg, states, info):
     """One selection over the batch, its report in S3, one sequence per video in Label Studio."""
     import requests
 
-    from framesift.io.s3 import exists, parse_s3_uri
+    from framesift.io.s3 import exists, http_url, parse_s3_uri
 
     (sel,) = db.selections.find()
     assert sel["state"] == "done" and sel["budget"] == len(sel["selected"]) == 6
@@ -251,6 +266,23 @@ def check_selection_and_push(s3, db, cfg, states, info):
     task_id = queue[0]["backend_ids"][0]
     task = requests.get(f"{info.url}/api/tasks/{task_id}", headers=headers, timeout=30).json()
     assert len(task["data"]["images"]) == queue[0]["n_frames"]
+    # the labeler's view: titled by the S3 key, frame times and reasons, model name@hash
+    (video,) = [d for d in pushed if d["_id"] == queue[0]["video_id"]]
+    assert task["data"]["title"] == video["key"]
+    times = task["data"]["frame_times_s"]
+    assert len(times) == len(task["data"]["images"]) and all(isinstance(t, float) for t in times)
+    assert all(r.startswith("pick ") for r in task["data"]["frame_reasons"])
+    import re
+
+    version = video["inference"]["model_version"]  # what predictions carry (none on this clip)
+    assert re.fullmatch(r"[\w.-]+@[0-9a-f]{8}", version), version
+    assert all(p["model_version"] == version for p in task.get("predictions", []))
+    # the report names frames by video key and time, not by the video id
+    page = requests.get(http_url(s3, sel["report_uri"]), timeout=30).text
+    assert (
+        f"{video['key']} @ " in page
+        and video["_id"] not in page.split("<h2>Objective values at pick time", 1)[-1]
+    )
 
 
 def test_big_batch_is_selected_in_shards_as_mapped_tasks(ingest_dag, s3, db, isolated, tmp_path):

@@ -133,7 +133,7 @@ def test_a_stranded_video_is_failed_with_the_reason_after_max_attempts(db):
     )
     doc = registry.get(db, ref.video_id)
     assert doc["status"] == FAILED and doc["failed_stage"] == EXTRACTING and doc["claim"] is None
-    assert f"the worker was lost {registry.MAX_ATTEMPTS} times" in doc["reason"] and "r2" in doc["reason"]
+    assert f"the worker was lost in {registry.MAX_ATTEMPTS} runs" in doc["reason"] and "r2" in doc["reason"]
 
 
 def test_batch_takes_stranded_videos_after_new_uploads(s3, db, isolated):

@@ -207,6 +207,56 @@ def test_push_creates_one_sequence_task_with_frames_and_predictions(label_studio
     assert found is not None and found.ids == rec["backend_ids"]
 
 
+def test_labelers_view_key_times_reasons_and_model_version(label_studio, api, cfg, clip, s3, db):
+    """What a labeler sees (issue #17, point 9): the task titled by the video's S3 key, the
+    frames' times and why they were selected as Data Manager columns, the prediction's
+    model version a name and a hash, not a path."""
+    from framesift.inference.models import DEFAULT_MODEL_URI, model_version
+    from framesift.io.layout import frame_times
+    from framesift.labeling.push import selection_reasons
+
+    m = clip["manifest"]
+    vid, names = m["video_id"], m["frame_names"]
+    # a selections record: frames 3 and 1 picked (in that order), 2 added as a sequence frame
+    db.selections.insert_one(
+        {
+            "_id": "sel-view",
+            "selected": [f"{vid}/{names[3]}", f"other/{names[0]}", f"{vid}/{names[1]}", f"{vid}/{names[2]}"],
+            "objective_names": ["DIVERSITY", "UNCERTAINTY"],
+            "objective_values": [[0.91, 0.5], [0.8, 0.1], [0.4, 0.25], [None, None]],
+        }
+    )
+    times = frame_times(s3, m["manifest_uri"])
+    assert times == {n: pytest.approx(float(i)) for i, n in enumerate(names)}  # 1 fps
+    req = build_request(
+        cfg,
+        selection_id="sel-view",
+        video_id=vid,
+        video_key=clip["key"],
+        frame_names=[names[3], names[1], names[2]],
+        predictions=predictions_for(names),
+        schema=SCHEMA,
+        model_version=model_version(DEFAULT_MODEL_URI, "0123456789abcdef" * 4),
+        frame_times_s=times,
+        frame_reasons=selection_reasons(db, "sel-view", vid),
+    )
+    rec = lq.push_exactly_once(db, backend_for(cfg, label_studio, s3), req)
+    (task,) = api.tasks(rec["project_id"])
+    data = task["data"]
+    assert data["title"] == clip["key"] and clip["key"].endswith("/street.mp4")
+    assert data["video_key"] == clip["key"] and data["n_frames"] == 3
+    assert data["frame_names"] == [names[1], names[2], names[3]]  # time order
+    assert data["frame_times_s"] == pytest.approx([1.0, 2.0, 3.0])
+    assert data["time_span"] == "1.00 s - 3.00 s"
+    assert data["frame_reasons"] == [
+        "pick 3 of 4: DIVERSITY 0.40, UNCERTAINTY 0.25",
+        "pick 4 of 4: part of a sequence around a pick",
+        "pick 1 of 4: DIVERSITY 0.91, UNCERTAINTY 0.50",
+    ]
+    (pred,) = task["predictions"]
+    assert pred["model_version"] == "yolov3-tiny@01234567"
+
+
 def test_long_sequence_becomes_several_tasks(label_studio, api, cfg, clip, s3, db):
     backend = backend_for(cfg, label_studio, s3, max_frames_per_task=2)
     rec = lq.push_exactly_once(db, backend, make_request(cfg, clip))

@@ -196,7 +196,7 @@ def test_build_request_sorts_frames_filters_classes_and_keys_by_backend():
     }  # dog dropped, 999 not selected
     assert req.frames_prefix == "out/videos/abc/frames" and req.bucket == "framesift"
     assert req.frame_keys[0] == "out/videos/abc/frames/v-000-mp4.png"
-    assert req.title == "v-abc"
+    assert req.title == "videos/v.mp4"  # the S3 key, not a hash (issue #17)
     # empty important_classes: everything the model knows
     all_classes = build_request(
         parse_config({}), selection_id="s1", video_id="abc", video_key="v.mp4", frame_names=[], schema=schema

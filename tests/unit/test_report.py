@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -59,19 +60,61 @@ def selection():
     return inputs, result, images, int((sharp <= 10).sum())
 
 
-def test_files_exist_and_html_references_them(selection, tmp_path):
+def _decoded_images(text: str) -> list[bytes]:
+    """Every <img> of the page, decoded; each must be a data: URI (no other file)."""
+    import base64
+
+    srcs = re.findall(r"<img src='([^']+)'", text)
+    out = []
+    for src in srcs:
+        assert re.match(r"data:image/(png|jpeg);base64,", src), src[:60]
+        out.append(base64.b64decode(src.split(",", 1)[1], validate=True))
+    return out
+
+
+def test_the_page_holds_its_images_and_the_files_exist(selection, tmp_path):
+    """The page loads its images wherever it is opened (issue #17: a presigned page with
+    relative image URLs showed no plots): every image is a data: URI inside it."""
     inputs, result, images, _ = selection
     index = build_report(result, inputs, tmp_path / "report", images=images)
     assert index == tmp_path / "report" / "index.html" and index.exists()
-    text = index.read_text()
-    pngs = re.findall(r"src='([^']+\.png)'", text)
-    assert {"embeddings.png", "class_distribution.png", "sampling_density.png"} <= set(pngs)
-    assert sum(p.startswith("examples/") for p in pngs) == 3
-    for png in pngs:
-        data = (index.parent / png).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, png
+    decoded = _decoded_images(index.read_text())
+    assert len(decoded) == 3 + 3  # three plots, three example frames
+    pngs = [d for d in decoded if d[:8] == b"\x89PNG\r\n\x1a\n"]
+    jpegs = [d for d in decoded if d[:3] == b"\xff\xd8\xff"]
+    assert len(pngs) == 3 and len(jpegs) == 3 and all(len(d) > 1000 for d in decoded)
+    for png in ("embeddings.png", "class_distribution.png", "sampling_density.png"):
+        assert (index.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((index.parent / "examples").glob("*.jpg"))) == 3
     saved = json.loads((index.parent / "selection.json").read_text())
     assert saved["selected_names"] == result.selected_names
+
+
+def test_example_frames_are_bounded_thumbnails(selection, tmp_path):
+    """A full-HD noisy frame (the worst case for compression) still makes a small
+    thumbnail, so a page of MAX_EXAMPLES frames stays a few MB at most."""
+    from PIL import Image
+
+    inputs, result, _, _ = selection
+    rng = np.random.default_rng(1)
+    big = {
+        inputs.frame_names[i]: rng.integers(0, 255, (1080, 1920, 3), np.uint8) for i in result.selected[:2]
+    }
+    index = build_report(result, inputs, tmp_path / "r", images=big)
+    thumbs = [d for d in _decoded_images(index.read_text()) if d[:3] == b"\xff\xd8\xff"]
+    assert len(thumbs) == 2
+    for data in thumbs:
+        with Image.open(io.BytesIO(data)) as im:
+            assert im.width <= 600 and im.height <= 600
+        assert len(data) < 400_000
+    assert index.stat().st_size < 2_000_000
+
+
+def test_frames_are_shown_by_their_labels(selection, tmp_path):
+    inputs, result, images, _ = selection
+    labels = {n: f"videos/cam 1/{n}" for n in result.selected_names}
+    text = build_report(result, inputs, tmp_path / "r", images=images, frame_labels=labels).read_text()
+    assert all(f"videos/cam 1/{n}" in text for n in result.selected_names)
 
 
 def test_sizes_table_numbers(selection, tmp_path):
@@ -111,9 +154,9 @@ def test_report_without_embeddings_or_predictions(tmp_path):
     )
     text = build_report(select(inputs, spec), inputs, tmp_path).read_text()
     assert (
-        "sampling_density.png" in text
-        and "embeddings.png" not in text
-        and "class_distribution.png" not in text
+        "<h2>Sampling density per video</h2>" in text
+        and "<h2>Embeddings</h2>" not in text
+        and "<h2>Class distribution</h2>" not in text
     )
 
 

@@ -128,3 +128,15 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def load_config_for_wiring(
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[PipelineConfig, str | None]:
+    """For DAG files: the config, or the defaults and the validation message when it does
+    not load, so that a typo in the YAML never makes a DAG vanish from Airflow's list.
+    The DAG shows the message and its first task (``check_setup``) fails with it."""
+    try:
+        return load_config(path), None
+    except ConfigError as exc:
+        return PipelineConfig(), str(exc)

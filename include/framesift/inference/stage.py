@@ -93,6 +93,7 @@ def inference_fields(summary: dict[str, Any]) -> dict[str, Any]:
         "fps",
         "elapsed_s",
         "model_uri",
+        "model_version",
         "device",
         "task_name",
         "embedding_model",

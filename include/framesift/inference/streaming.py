@@ -22,9 +22,10 @@ from framesift.inference import predictions
 from framesift.inference.backends import cpu_threads
 from framesift.inference.detector import Detector
 from framesift.inference.embedders import SSL_BATCH_SIZE, Embedder, SimCLREmbedder, make_embedder
-from framesift.inference.models import PathLike
+from framesift.inference.models import PathLike, model_version
 from framesift.io import layout
 from framesift.io.s3 import get_bytes, join_key, parse_s3_uri, s3_uri, upload
+from framesift.io.summaries import detections_line
 
 _LOG = logging.getLogger("framesift.inference")
 
@@ -332,6 +333,9 @@ def run_inference(
         "status": "done" if total else "no_frames",
         "task_name": task,
         "model_uri": detector.model_uri,
+        "model_version": model_version(
+            detector.model_uri, getattr(getattr(detector, "network", None), "weights_sha256", None)
+        ),
         "device": str(detector.device),
         "half": detector.half,
         "frames_total": total,
@@ -357,13 +361,12 @@ def run_inference(
     if ssl_embedder is not None:
         summary["ssl"] = {"epochs": ssl.max_epochs, "backbone": ssl_embedder.kind, "losses": ssl_losses}
     log.info(
-        "infer %s: done, %d/%d frames (%d failed), %d boxes %s in %.1f s (%.1f frames/s)",
+        "infer %s: done, %d/%d frames (%d failed), %s in %.1f s (%.1f frames/s)",
         stem,
         done,
         total,
         n_failed,
-        n_boxes,
-        dict(counts),
+        detections_line(dict(counts), n_boxes),
         elapsed,
         summary["fps"],
     )

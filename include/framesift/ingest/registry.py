@@ -7,8 +7,16 @@ carries a status with a timestamped history of who moved it where:
     discovered -> extracting -> extracted -> inferring -> inferred -> selecting -> selected
                                                                -> pushing -> pushed
                             \\-> quarantined (bad input, with a reason; final)
-    any working status      -> failed (infrastructure error, with ``failed_stage``;
-                               that stage may claim it again, up to MAX_ATTEMPTS)
+    any working status      -> failed (with ``failed_stage`` and ``error``: the stage,
+                               task, run, error, whether it is permanent and the fix)
+    failed                  -> the failed stage again: a later run (transient errors, up
+                               to MAX_ATTEMPTS runs; permanent ones once the config
+                               changed) or after :func:`requeue` (a person, with a reason)
+
+**Attempts** count framesift attempts, i.e. DAG runs (or CLI calls), per stage:
+``attempt_runs`` lists the runs that claimed the video in its current stage and
+``attempts`` is their number; Airflow's retries of one task in one run are *tries* of
+the same attempt (``tries`` counts every claim). A finished stage resets both.
 
 A stage *claims* a video atomically before working on it (``claim``: the attempt, a
 fencing token and a lease, see :mod:`framesift.io.leases`), so two DAG runs that saw the
@@ -29,6 +37,7 @@ from typing import Any
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.database import Database
 
+from framesift.config.errors import classify, one_line
 from framesift.io import faults, layout
 from framesift.io.leases import (
     Attempt,
@@ -65,7 +74,16 @@ FAILED = "failed"  # with ``failed_stage``: the working status it failed in
 RESUMABLE = (DISCOVERED, EXTRACTED, INFERRED, SELECTED)
 # statuses a stage holds a video in while it works (under a claim with a lease)
 WORKING = (EXTRACTING, INFERRING, SELECTING, PUSHING)
-MAX_ATTEMPTS = 3  # a video that failed this often for infrastructure reasons waits for a person
+MAX_ATTEMPTS = 3  # runs in one stage; a video that failed in this many waits for a person
+# the status a failed video goes back to, per failed stage, so the next run resumes it there
+RESUME_STATUS = {EXTRACTING: DISCOVERED, INFERRING: EXTRACTED, SELECTING: INFERRED, PUSHING: SELECTED}
+# the Airflow task of each working status (for messages that say where to look)
+STAGE_TASK = {
+    EXTRACTING: "extract_frames",
+    INFERRING: "infer",
+    SELECTING: "select_frames",
+    PUSHING: "push_to_labeling",
+}
 REFUSED_KEPT = 20  # refused (zombie) writes kept on a video's record
 
 
@@ -161,12 +179,13 @@ def claim(
     while True:
         ts = now()
         new = attempt.new_claim(ts)
+        left = runs_left(attempt.run_id)
         query = {
             "_id": video_id,
             "$or": [
                 {"status": {"$in": list(from_statuses)}},
-                {"status": FAILED, "failed_stage": to, "attempts": {"$lt": MAX_ATTEMPTS}},
-                {"status": to, "attempts": {"$lt": MAX_ATTEMPTS}, "$or": claimable(attempt, ts)[:2]},
+                {"status": FAILED, "failed_stage": to, **left},
+                {"status": to, "$and": [left, {"$or": claimable(attempt, ts)[:2]}]},
                 {"status": to, "$or": claimable(attempt, ts)[2:]},
             ],
         }
@@ -180,7 +199,8 @@ def claim(
                     "reason": None,
                     "claim": new,
                 },
-                "$inc": {"attempts": 1},
+                "$addToSet": {"attempt_runs": attempt.run_id},
+                "$inc": {"tries": 1},
                 "$push": {
                     "history": {
                         "status": to,
@@ -203,17 +223,37 @@ def claim(
                     before.get("key"),
                     describe(before["claim"]),
                 )
-            return coll.find_one({"_id": video_id})
-        current = coll.find_one({"_id": video_id}, {"status": 1, "claim": 1, "attempts": 1, "key": 1})
+            doc = coll.find_one({"_id": video_id})
+            attempts = len(doc.get("attempt_runs") or [])
+            if doc.get("attempts") != attempts:
+                coll.update_one(
+                    {"_id": video_id, "claim.token": new["token"]}, {"$set": {"attempts": attempts}}
+                )
+                doc["attempts"] = attempts
+            return doc
+        current = coll.find_one(
+            {"_id": video_id}, {"status": 1, "claim": 1, "attempts": 1, "attempt_runs": 1, "key": 1}
+        )
         if current is None or current.get("status") != to:
             return None
         held = current.get("claim")
-        if _expired(held, ts) and current.get("attempts", 0) >= MAX_ATTEMPTS:
+        runs = current.get("attempt_runs") or []
+        if _expired(held, ts) and len(runs) >= MAX_ATTEMPTS and attempt.run_id not in runs:
             _give_up(db, current, to, held)
             return None
         what = f"{to} {current.get('key')}"
         if not (wait and wait_for_lapse(lambda: _claim_of(db, video_id, to), attempt, what, log)):
             return None
+
+
+def runs_left(run_id: str) -> dict[str, Any]:
+    """Filter: the video may still be attempted by run ``run_id`` in its current stage (the
+    run attempted it already, or fewer than MAX_ATTEMPTS runs did)."""
+    return {"$or": [{"attempt_runs": run_id}, {f"attempt_runs.{MAX_ATTEMPTS - 1}": {"$exists": False}}]}
+
+
+# what a finished (or requeued) stage resets
+FRESH_STAGE = {"attempts": 0, "attempt_runs": [], "tries": 0, "error": None}
 
 
 def _claim_of(db: Database, video_id: str, status: str) -> dict[str, Any] | None:
@@ -229,8 +269,8 @@ def _expired(held: dict[str, Any] | None, ts: datetime) -> bool:
 def _give_up(db: Database, doc: dict[str, Any], stage: str, held: dict[str, Any] | None) -> None:
     """A stranded video whose workers died MAX_ATTEMPTS times: failed, for a person."""
     reason = (
-        f"{stage}: the worker was lost {doc.get('attempts')} times (killed or out of memory; the "
-        f"claim's lease ran out each time; last: {describe(held)})"
+        f"{stage}: the worker was lost in {len(doc.get('attempt_runs') or [])} runs (killed or out of "
+        f"memory; the claim's lease ran out each time; last: {describe(held)})"
     )
     guard = {"_id": doc["_id"], "status": stage}
     guard["claim.token" if held else "claim"] = held.get("token") if held else None
@@ -242,10 +282,26 @@ def _give_up(db: Database, doc: dict[str, Any], stage: str, held: dict[str, Any]
                 "status": FAILED,
                 "reason": reason,
                 "failed_stage": stage,
+                "error": {
+                    "stage": stage,
+                    "task": STAGE_TASK.get(stage),
+                    "kind": "permanent",
+                    "message": reason,
+                    "fix": "look at the video's size and the workers' memory, then requeue it",
+                    "run_id": (held or {}).get("run_id"),
+                    "at": ts,
+                },
                 "updated_at": ts,
                 "claim": None,
             },
-            "$push": {"history": {"status": FAILED, "at": ts, "reason": reason}},
+            "$push": {
+                "history": {
+                    "status": FAILED,
+                    "at": ts,
+                    "reason": reason,
+                    "run_id": (held or {}).get("run_id"),
+                }
+            },
         },
     )
     if res.modified_count:
@@ -266,7 +322,7 @@ def release(db: Database, lease: Lease, status: str, *, reason: str | None = Non
     """
     ts = now()
     if status != FAILED:
-        fields = {"attempts": 0, **fields}
+        fields = {**FRESH_STAGE, **fields}
     attempt = lease.attempt
     entry = {"status": status, "at": ts, "run_id": attempt.run_id, "try": attempt.try_number}
     if reason:
@@ -325,7 +381,7 @@ def mark(
     ts = now()
     run_id = None if run_id is None else run_id_of(run_id)
     if status != FAILED:
-        fields = {"attempts": 0, **fields}
+        fields = {**FRESH_STAGE, **fields}
     entry = {"status": status, "at": ts, "run_id": run_id}
     if reason:
         entry["reason"] = reason
@@ -394,10 +450,89 @@ def run_stage(
         _note_refused(db, lease, working, str(exc))
         return get(db, ref.video_id) or {}, False
     except Exception as exc:
-        release(db, lease, FAILED, reason=f"{working}: {type(exc).__name__}: {exc}", failed_stage=working)
+        release(db, lease, FAILED, **failure_fields(working, exc, attempt))
         raise
     done = release(db, lease, status, reason=reason, **fields)
     return get(db, ref.video_id) or {}, done
+
+
+def failure_fields(stage: str, exc: BaseException, attempt: str | Attempt) -> dict[str, Any]:
+    """What a failed stage records: ``reason`` (one line), ``failed_stage`` and ``error``
+    (stage, task, the attempt, the error, permanent or transient, and the fix)."""
+    attempt = as_attempt(attempt)
+    what = classify(exc)
+    message = one_line(exc)
+    return {
+        "reason": f"{stage}: {message}",
+        "failed_stage": stage,
+        "error": {
+            "stage": stage,
+            "task": STAGE_TASK.get(stage),
+            "kind": what.kind,
+            "type": type(exc).__name__,
+            "message": message,
+            "fix": what.fix,
+            "run_id": attempt.run_id,
+            "try": attempt.try_number,
+            "at": now(),
+        },
+    }
+
+
+def requeue(
+    db: Database, video_ids: Iterable[str], *, reason: str, by: str, run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Put failed videos back where they failed, for the next run (or ``run_id``'s batch):
+    the status before the failed stage, attempts reset, the reason and who asked recorded
+    (``requeued`` and the history). Only ``failed`` videos move; returns the moved documents.
+    """
+    moved = []
+    for vid in video_ids:
+        doc = db[VIDEOS].find_one({"_id": vid, "status": FAILED})
+        stage = (doc or {}).get("failed_stage")
+        if doc is None or stage not in RESUME_STATUS:
+            continue
+        ts = now()
+        entry = {
+            "at": ts,
+            "by": by,
+            "reason": reason,
+            "stage": stage,
+            "error": (doc.get("error") or {}).get("message") or doc.get("reason"),
+        }
+        to = RESUME_STATUS[stage]
+        res = db[VIDEOS].update_one(
+            {"_id": vid, "status": FAILED, "failed_stage": stage},
+            {
+                "$set": {"status": to, "reason": None, "updated_at": ts, "claim": None, **FRESH_STAGE},
+                "$push": {
+                    "requeued": entry,
+                    "history": {
+                        "status": to,
+                        "at": ts,
+                        "run_id": run_id,
+                        "reason": f"requeued by {by}: {reason}",
+                        "requeued": True,
+                    },
+                },
+            },
+        )
+        if res.modified_count:
+            log.info(
+                "requeued s3://%s/%s (failed at %s) by %s: %s", doc["bucket"], doc["key"], stage, by, reason
+            )
+            moved.append(db[VIDEOS].find_one({"_id": vid}))
+    return moved
+
+
+def failed_in_run(doc: dict[str, Any], run_id: str) -> bool:
+    """The video is failed, and it failed in run ``run_id`` (not in an earlier one)."""
+    if doc.get("status") != FAILED:
+        return False
+    for entry in reversed(doc.get("history") or []):
+        if entry.get("status") == FAILED:
+            return entry.get("run_id") == run_id
+    return False
 
 
 def stage_outcome(ref: VideoRef, doc: dict[str, Any], *, skipped: bool) -> dict[str, Any]:
@@ -412,4 +547,6 @@ def stage_outcome(ref: VideoRef, doc: dict[str, Any], *, skipped: bool) -> dict[
         "frames_corrupt": frames.get("frames_corrupt", 0),
         "inference": doc.get("inference"),
         "skipped": skipped,
+        "failed_stage": doc.get("failed_stage") if doc.get("status") == FAILED else None,
+        "held_by": (doc.get("claim") or {}).get("run_id"),
     }

@@ -10,7 +10,7 @@ import hashlib
 import re
 
 from framesift.config.schema import PipelineConfig
-from framesift.io.s3 import join_key
+from framesift.io.s3 import get_json, join_key, parse_s3_uri
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -43,3 +43,33 @@ def frames_prefix(cfg: PipelineConfig, vid: str) -> str:
 
 def manifest_key(cfg: PipelineConfig, vid: str) -> str:
     return join_key(video_prefix(cfg, vid), "manifest.json")
+
+
+def frame_times(s3, manifest_uri: str | None) -> dict[str, float]:
+    """Frame name -> its time in the video (seconds), from the video's manifest.json;
+    empty when there is no manifest or it predates timestamps."""
+    if not manifest_uri:
+        return {}
+    try:
+        manifest = get_json(s3, *parse_s3_uri(manifest_uri))
+    except Exception:  # noqa: BLE001 - a missing manifest only loses the times
+        return {}
+    names = manifest.get("frame_names") or []
+    times = manifest.get("frame_timestamps_s") or []
+    return {str(n): float(t) for n, t in zip(names, times, strict=False)}
+
+
+def format_time(seconds: float) -> str:
+    """``75.25`` -> ``"1:15.25"``, ``4.5`` -> ``"4.50 s"``: a frame's time for a person."""
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{rest:05.2f}" if hours else f"{minutes}:{rest:05.2f}"
+
+
+def frame_label(video_key: str, frame_name: str, times: dict[str, float] | None = None) -> str:
+    """How a person finds a frame: ``"<video key> @ <time>"``, or ``"<video key>/<frame>"``
+    when its time is not known."""
+    t = (times or {}).get(frame_name)
+    return f"{video_key} @ {format_time(t)}" if t is not None else f"{video_key}/{frame_name}"

@@ -127,6 +127,9 @@ class SequenceRequest:
     predictions: dict[str, list[Box]] = field(default_factory=dict)
     model_version: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # for the labeler: each frame's time in the video (seconds) and why it was selected
+    frame_times_s: dict[str, float] = field(default_factory=dict)
+    frame_reasons: dict[str, str] = field(default_factory=dict)
 
     def frame_key(self, name: str) -> str:
         return f"{self.frames_prefix.rstrip('/')}/{name}"
@@ -313,13 +316,16 @@ def build_request(
     model_version: str | None = None,
     title: str | None = None,
     metadata: Mapping[str, Any] | None = None,
+    frame_times_s: Mapping[str, float] | None = None,
+    frame_reasons: Mapping[str, str] | None = None,
 ) -> SequenceRequest:
     """A push request for one video from the selection's frame names and Lightly predictions.
 
     ``predictions``: Lightly prediction dicts, either a list or a mapping keyed by frame
     name; ``schema``: the Lightly ``schema.json`` (``{"task_type", "categories": [{"id",
     "name"}]}``). The classes of the project are ``important_classes``, or all the schema's
-    categories when that list is empty.
+    categories when that list is empty. The title is the video's S3 key (what a labeler
+    knows it by), unless ``title`` is given.
     """
     names = time_order(frame_names)
     categories = {int(c["id"]): str(c["name"]) for c in (schema or {}).get("categories", [])}
@@ -339,7 +345,7 @@ def build_request(
     backend = cfg.labeling.backend
     return SequenceRequest(
         idempotency_key=idempotency_key(selection_id, video_id, backend),
-        title=title or f"{layout.safe_stem(video_key)}-{video_id}",
+        title=title or video_key,
         selection_id=selection_id,
         video_id=video_id,
         video_key=video_key,
@@ -350,6 +356,8 @@ def build_request(
         predictions=boxes,
         model_version=model_version,
         metadata=dict(metadata or {}),
+        frame_times_s={n: float(t) for n, t in (frame_times_s or {}).items() if n in selected},
+        frame_reasons={n: str(r) for n, r in (frame_reasons or {}).items() if n in selected},
     )
 
 

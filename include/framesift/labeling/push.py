@@ -15,11 +15,14 @@ from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
+from framesift.inference.models import model_version
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
+from framesift.io import layout
 from framesift.io.leases import Attempt, as_attempt
 from framesift.labeling.base import LabelingBackend, build_request
 from framesift.labeling.queue import push_exactly_once
+from framesift.selection.datapool import SELECTIONS
 
 log = logging.getLogger("framesift.push")
 
@@ -42,7 +45,8 @@ def resumed_push_items(
     db: Database, video_ids: list[str], exclude: set[str] = frozenset()
 ) -> list[dict[str, Any]]:
     """Push items for videos of a run's batch that an earlier run selected but never
-    pushed: ``selected``, or stranded in ``pushing`` (their claim's lease ran out)."""
+    pushed: ``selected``, stranded in ``pushing`` (their claim's lease ran out), or failed
+    at the push (the batch only holds failed videos a run may retry)."""
     ts = registry.now()
     docs = db[registry.VIDEOS].find(
         {
@@ -51,6 +55,7 @@ def resumed_push_items(
             "$or": [
                 {"status": registry.SELECTED},
                 {"status": registry.PUSHING, "$or": [{"claim": None}, {"claim.lease_until": {"$lt": ts}}]},
+                {"status": registry.FAILED, "failed_stage": registry.PUSHING},
             ],
         }
     )
@@ -60,6 +65,33 @@ def resumed_push_items(
 def _item(doc: dict[str, Any]) -> dict[str, Any]:
     ref = VideoRef(doc["_id"], doc["bucket"], doc["key"], doc["etag"], doc.get("size", 0))
     return {**ref.to_dict(), "selection_id": doc["selection_id"], "n_frames": len(doc["selected_frames"])}
+
+
+def selection_reasons(db: Database, selection_id: str, video_id: str) -> dict[str, str]:
+    """Frame name -> why the selection took it, from the ``selections`` record: its pick
+    rank and each objective's value at pick time (``"pick 3 of 20: DIVERSITY 0.81,
+    UNCERTAINTY 0.42"``), or that it came in as part of a sequence around a pick."""
+    record = db[SELECTIONS].find_one(
+        {"_id": selection_id}, {"selected": 1, "objective_names": 1, "objective_values": 1}
+    )
+    if not record:
+        return {}
+    names = record.get("objective_names") or []
+    values = record.get("objective_values") or []
+    selected = record.get("selected") or []
+    out = {}
+    prefix = f"{video_id}/"
+    for rank, fid in enumerate(selected):
+        if not fid.startswith(prefix):
+            continue
+        row = values[rank] if rank < len(values) else []
+        scores = [(n, v) for n, v in zip(names, row, strict=False) if v is not None]
+        if scores:
+            text = ", ".join(f"{n} {float(v):.2f}" for n, v in scores)
+            out[fid[len(prefix) :]] = f"pick {rank + 1} of {len(selected)}: {text}"
+        else:
+            out[fid[len(prefix) :]] = f"pick {rank + 1} of {len(selected)}: part of a sequence around a pick"
+    return out
 
 
 def push_video(
@@ -98,7 +130,11 @@ def push_video(
             frame_names=doc["selected_frames"],
             predictions=[{"file_name": name, "predictions": boxes} for name, boxes in preds.items()],
             schema=predictions.read_schema(s3, cfg, doc["_id"], task),
-            model_version=doc["inference"].get("model_uri"),
+            # the model's name and weights hash (records from before it: the name only)
+            model_version=doc["inference"].get("model_version")
+            or model_version(doc["inference"].get("model_uri")),
+            frame_times_s=layout.frame_times(s3, doc.get("manifest_uri")),
+            frame_reasons=selection_reasons(db, doc["selection_id"], doc["_id"]),
         )
         record = push_exactly_once(
             db, backend, request, labeler=cfg.labeling.labeler, reviewer=cfg.labeling.reviewer, owner=attempt

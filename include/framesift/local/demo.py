@@ -19,6 +19,7 @@ from pathlib import Path
 
 from framesift.config.loading import load_config
 from framesift.io.s3 import get_bytes, join_key, list_objects, make_client, parse_s3_uri, upload
+from framesift.io.summaries import detections_line
 from framesift.local import stack
 from framesift.local.label_studio import LabelStudioService, venv_is_current
 from framesift.local.synth import make_video
@@ -109,16 +110,10 @@ def _print_outcome(db, s3, demo_dir: Path, ls, elapsed: float, returncode: int, 
     print(f"{'video':<28} {'status':<13}{'frames':>7}{'selected':>10}  detections")
     for doc in videos:
         inf = doc.get("inference") or {}
-        # classes seen, most boxes first (a COCO model has 80 classes, most of them 0 here)
-        seen = sorted(
-            ((v, k) for k, v in (inf.get("counts") or {}).items() if v), key=lambda kv: (-kv[0], kv[1])
-        )
-        counts = ", ".join(f"{k} {v}" for v, k in seen) or "-"
+        counts = detections_line(inf.get("counts"), inf.get("boxes")) if inf else "-"
         frames = (doc.get("frames") or {}).get("frames_written", 0)
         selected = len(doc.get("selected_frames") or [])
-        print(
-            f"{doc['key']:<28} {doc['status']:<13}{frames:>7}{selected:>10}  {counts} ({inf.get('boxes', 0)} boxes)"
-        )
+        print(f"{doc['key']:<28} {doc['status']:<13}{frames:>7}{selected:>10}  {counts}")
         if doc.get("reason"):
             print(f"    reason: {doc['reason']}")
 

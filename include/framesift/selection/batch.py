@@ -592,7 +592,12 @@ def _report_notes(spaces: list[dict[str, Any]], shots: dict[str, Any] | None = N
 
 def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards, notes: list[str]) -> str:
     """The HTML report (with its plots and example frames) under ``<prefix>/report/``."""
-    from framesift.selection.report import build_report  # matplotlib loads only here
+    from framesift.selection.report import (
+        MAX_TABLE_ROWS,
+        build_report,
+        frame_labels,
+        upload_report,
+    )  # matplotlib
 
     title = f"framesift selection {batch.sid}"
     if shards:
@@ -600,15 +605,11 @@ def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards, notes:
     bucket = ctx.cfg.storage.out_bucket
     with tempfile.TemporaryDirectory() as tmp:
         images = _example_images(ctx.s3, batch.docs, result.selected_names[:8])
-        index = build_report(result, inputs, Path(tmp) / "report", images=images, title=title, notes=notes)
-        for path in sorted(index.parent.rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(index.parent).as_posix()
-                ctype = {"html": "text/html", "png": "image/png", "json": "application/json"}.get(
-                    path.suffix[1:]
-                )
-                put_bytes(ctx.s3, bucket, join_key(prefix, "report", rel), path.read_bytes(), ctype)
-    return s3_uri(bucket, join_key(prefix, "report", "index.html"))
+        labels = frame_labels(ctx.s3, batch.docs, result.selected_names[:MAX_TABLE_ROWS])
+        index = build_report(
+            result, inputs, Path(tmp) / "report", images=images, title=title, notes=notes, frame_labels=labels
+        )
+        return upload_report(ctx.s3, index.parent, bucket, join_key(prefix, "report"))
 
 
 def _scatter_points(embeddings: np.ndarray | None, selected, max_points: int = 2000) -> dict[str, Any]:

@@ -12,9 +12,16 @@
   the BALANCE target (when there is one);
 * ``sampling_density.png``: one strip per video along its timeline (frame index), one
   tick per selected frame;
-* ``examples/<frame>.png``: selected frames with their predicted boxes drawn, for the
-  frames whose pixels are passed in ``images``;
+* ``examples/<frame>.jpg``: selected frames with their predicted boxes drawn, for the
+  frames whose pixels are passed in ``images``: thumbnails, 550 px wide whatever the
+  frame's size, JPEG (a photo as PNG weighs ~5x more);
 * ``selection.json``: ``result.to_dict()``.
+
+``index.html`` is self-contained: every plot and example frame is inside it as a ``data:``
+URI, so the page shows them wherever it is opened (a presigned URL of the page alone, a
+ClearML artifact, a downloaded file); the image files are written beside it too. The page
+stays small: at most ``MAX_EXAMPLES`` thumbnails of ~50-150 kB and three plots. Frames are
+shown by ``frame_labels`` (e.g. ``<video key>/<frame>``) when given, else by their ids.
 
 Only local files are written; the caller uploads the folder (e.g. to S3).
 """
@@ -33,6 +40,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from framesift.io import layout
+from framesift.io.s3 import join_key, put_bytes, s3_uri
 from framesift.selection.inputs import SelectionInputs
 from framesift.selection.result import SIZE_ROWS, SelectionResult
 
@@ -57,6 +66,7 @@ def build_report(
     max_examples: int = MAX_EXAMPLES,
     seed: int = 0,
     notes: list[str] | None = None,
+    frame_labels: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the report into ``out_dir`` (created if missing); return the index.html path.
 
@@ -77,11 +87,55 @@ def build_report(
     dens = _density_plot(result, inputs, out / "sampling_density.png")
     if dens:
         plots.append(("sampling_density.png", "Sampling density per video", dens))
-    examples = _examples(result, inputs, images or {}, out / "examples", max_examples)
+    labels = frame_labels or {}
+    examples = _examples(result, inputs, images or {}, out / "examples", max_examples, labels)
 
     (out / "selection.json").write_text(json.dumps(result.to_dict(), indent=1))
-    (out / "index.html").write_text(_html(result, inputs, title, plots, examples, notes or []))
+    inline = [(_data_uri(out / f), head, cap) for f, head, cap in plots]
+    inline_examples = [(_data_uri(out / f), cap) for f, cap in examples]
+    (out / "index.html").write_text(
+        _html(result, inputs, title, inline, inline_examples, notes or [], labels)
+    )
     return out / "index.html"
+
+
+def _data_uri(path: Path) -> str:
+    """A PNG or JPEG file as a ``data:`` URI, so the page needs no other file."""
+    import base64
+
+    mime = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def frame_labels(s3, docs: list[dict[str, Any]], frame_ids: list[str]) -> dict[str, str]:
+    """Frame id -> ``"<video key> @ <time>"`` (the manifest's timestamps), for the report:
+    frames by their video's S3 key and time, not by the video id (a hash)."""
+    by_id = {d["_id"]: d for d in docs}
+    times: dict[str, dict[str, float]] = {}
+    labels = {}
+    for fid in frame_ids:
+        vid, name = fid.split("/", 1)
+        doc = by_id.get(vid)
+        if doc is None:
+            continue
+        if vid not in times:
+            times[vid] = layout.frame_times(s3, doc.get("manifest_uri"))
+        labels[fid] = layout.frame_label(doc["key"], name, times[vid])
+    return labels
+
+
+_CONTENT_TYPES = {"html": "text/html", "png": "image/png", "jpg": "image/jpeg", "json": "application/json"}
+
+
+def upload_report(s3, folder: Path, bucket: str, prefix: str) -> str:
+    """Upload a report folder (``build_report``'s) under ``prefix``; the index.html's URI."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(folder).as_posix()
+            put_bytes(
+                s3, bucket, join_key(prefix, rel), path.read_bytes(), _CONTENT_TYPES.get(path.suffix[1:])
+            )
+    return s3_uri(bucket, join_key(prefix, "index.html"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -89,9 +143,14 @@ def build_report(
 # ---------------------------------------------------------------------------------------
 
 
+EXAMPLE_WIDTH_IN = 5.0  # x 110 dpi: 550 px wide thumbnails
+JPEG_QUALITY = 80
+
+
 def _save(fig: Figure, path: Path) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    extra = {"pil_kwargs": {"quality": JPEG_QUALITY}} if path.suffix == ".jpg" else {}
+    fig.savefig(path, dpi=110, bbox_inches="tight", **extra)
 
 
 def project_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -261,7 +320,7 @@ def _density_plot(result, inputs, path: Path) -> str | None:
     return f"One tick per selected frame; labels give selected/input frames.{more}"
 
 
-def _examples(result, inputs, images, folder: Path, limit: int) -> list[tuple[str, str]]:
+def _examples(result, inputs, images, folder: Path, limit: int, labels=None) -> list[tuple[str, str]]:
     wanted = [(i, inputs.frame_names[i]) for i in result.selected if inputs.frame_names[i] in images][:limit]
     if not wanted:
         return []
@@ -271,7 +330,7 @@ def _examples(result, inputs, images, folder: Path, limit: int) -> list[tuple[st
     for rank, (i, name) in enumerate(wanted):
         img = np.asarray(images[name])
         h, w = img.shape[:2]
-        fig = Figure(figsize=(5.0, 5.0 * h / max(w, 1) + 0.4))
+        fig = Figure(figsize=(EXAMPLE_WIDTH_IN, EXAMPLE_WIDTH_IN * h / max(w, 1) + 0.4))
         ax = fig.add_subplot()
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None)
         n_boxes = 0
@@ -295,11 +354,12 @@ def _examples(result, inputs, images, folder: Path, limit: int) -> list[tuple[st
                 )
         ax.set_xlim(-0.5, w - 0.5)
         ax.set_ylim(h - 0.5, -0.5)
-        ax.set_title(f"#{rank + 1}  {name}", fontsize=9)
+        shown = (labels or {}).get(name, name)
+        ax.set_title(f"#{rank + 1}  {shown}", fontsize=9)
         ax.set_axis_off()
-        file = f"{rank + 1:03d}-{_SAFE.sub('_', Path(name).stem)}.png"
+        file = f"{rank + 1:03d}-{_SAFE.sub('_', Path(name).stem)}.jpg"
         _save(fig, folder / file)
-        out.append((f"examples/{file}", f"{name}: {n_boxes} predicted boxes"))
+        out.append((f"examples/{file}", f"{shown}: {n_boxes} predicted boxes"))
     return out
 
 
@@ -330,7 +390,7 @@ def _sizes_table(result: SelectionResult) -> str:
     return f"<table id='sizes'><tr><th class='l'></th><th>Image</th><th>Video</th></tr>{rows}</table>"
 
 
-def _objective_table(result: SelectionResult) -> str:
+def _objective_table(result: SelectionResult, labels: Mapping[str, str]) -> str:
     names = result.objective_names
     head = "".join(f"<th>{_esc(n)}</th>" for n in names)
     body = []
@@ -341,7 +401,7 @@ def _objective_table(result: SelectionResult) -> str:
         )
         kind = "pick" if result.anchor[r] else "sequence"
         body.append(
-            f"<tr><td>{r + 1}</td><td class='l'>{_esc(result.selected_names[r])}</td><td class='l'>{kind}</td>{vals}</tr>"
+            f"<tr><td>{r + 1}</td><td class='l'>{_esc(labels.get(result.selected_names[r], result.selected_names[r]))}</td><td class='l'>{kind}</td>{vals}</tr>"
         )
     more = (
         f"<p class='muted'>First {MAX_TABLE_ROWS} of {len(result.selected):,} picks; all are in selection.json.</p>"
@@ -351,7 +411,7 @@ def _objective_table(result: SelectionResult) -> str:
     return f"<table><tr><th>#</th><th class='l'>frame</th><th class='l'></th>{head}</tr>{''.join(body)}</table>{more}"
 
 
-def _html(result, inputs, title, plots, examples, notes) -> str:
+def _html(result, inputs, title, plots, examples, notes, labels) -> str:
     t = result.timings
     strategies = (result.spec or {}).get("strategies", [])
     strat_rows = "".join(
@@ -396,6 +456,6 @@ Removed: frames that failed a THRESHOLD strategy.</p>
 min-max over the candidates; DIVERSITY as distance over the largest distance at that step; BALANCE min-max at that step).
 The pick maximises their product: each soft objective (all but DIVERSITY) enters as floor + (1 - floor) x value, raised to its
 strength, so no soft objective vetoes a frame (floor {(result.spec or {}).get("objective_floor", 0)}); "-" marks frames added as part of a sequence.</p>
-{_objective_table(result)}
+{_objective_table(result, labels)}
 </body></html>
 """

@@ -39,6 +39,9 @@ class RunSpec:
     scatters: list[dict[str, Any]] = field(default_factory=list)  # {title, series: {name: [[x, y], ...]}}
     artifacts: list[dict[str, Any]] = field(default_factory=list)  # {name, path} or {name, object}
     images: list[dict[str, Any]] = field(default_factory=list)  # {title, series, path}
+    # the task an earlier try of the same run recorded: a server task is continued, an
+    # offline session zip is replaced, so each run has exactly one task
+    previous: dict[str, Any] | None = None
 
     def scalar(self, title: str, series: str, value: float, iteration: int = 0) -> None:
         self.scalars.append({"title": title, "series": series, "value": float(value), "iteration": iteration})
@@ -80,12 +83,15 @@ def _record_in_this_process(spec: RunSpec) -> TrackedRun:
         SessionCache.SESSION_CACHE_FOLDER = str(Path(cache_dir) / "session")
     offline = not use_server(spec.offline)
     Task.set_offline(offline)
+    previous = spec.previous or {}
+    continue_task = previous.get("task_id") if not offline and not previous.get("offline_zip") else None
     task = Task.init(
         project_name=spec.project,
         task_name=spec.task_name,
         task_type=spec.task_type,
         tags=spec.tags,
         reuse_last_task_id=False,
+        continue_last_task=continue_task or False,
         auto_connect_arg_parser=False,
         auto_connect_frameworks=False,
         auto_resource_monitoring=False,
@@ -132,9 +138,37 @@ def _record_in_this_process(spec: RunSpec) -> TrackedRun:
     task.close()
     if offline:
         zip_path = Path(folder).with_suffix(".zip")  # close() packs the session folder into this zip
+        _drop_previous_session(previous.get("offline_zip"), zip_path)
         return TrackedRun(task_id, f"file://{zip_path}", str(zip_path))
     web = os.environ.get("CLEARML_WEB_HOST", "").rstrip("/")
     return TrackedRun(task_id, f"{web}/projects/*/experiments/{task_id}" if web else task_id, None)
+
+
+def _drop_previous_session(old_zip: str | None, new_zip: Path) -> None:
+    """Remove an earlier try's offline session of the same run (its zip and folder)."""
+    import shutil
+
+    if not old_zip or Path(old_zip) == new_zip:
+        return
+    old = Path(old_zip)
+    if old.suffix == ".zip" and old.name.startswith("offline-"):
+        old.unlink(missing_ok=True)
+        shutil.rmtree(old.with_suffix(""), ignore_errors=True)
+
+
+def import_offline_session(zip_path: str) -> str:
+    """Import an offline session zip into the ClearML server the environment names
+    (``CLEARML_API_HOST`` and keys); return the new task's id. For ``framesift clearml
+    import``; runs in the calling process (a short-lived CLI)."""
+    from clearml import Task
+
+    if not os.environ.get("CLEARML_API_HOST"):
+        raise RuntimeError(
+            "no ClearML server: set CLEARML_API_HOST, CLEARML_WEB_HOST, CLEARML_API_ACCESS_KEY and "
+            "CLEARML_API_SECRET_KEY (see docs/operations.md) to import an offline session"
+        )
+    Task.set_offline(False)
+    return str(Task.import_offline_session(str(zip_path)))
 
 
 def main() -> int:

@@ -123,22 +123,53 @@ def attach_outputs(
 
 
 def save_run(
-    db: Database, *, dag_id: str, run_id: str, summary: dict[str, Any], tracked: TrackedRun | None
+    db: Database,
+    *,
+    dag_id: str,
+    run_id: str,
+    summary: dict[str, Any],
+    tracked: TrackedRun | None,
+    links: dict[str, str | None] | None = None,
 ) -> None:
+    """Upsert the ``runs`` record; ``links``: where people open it (``clearml_page``,
+    ``airflow_run``), kept beside the task so ``framesift status`` can print them."""
     db[RUNS].create_index([("finished_at", DESCENDING)])
-    db[RUNS].update_one(
-        {"_id": f"{dag_id}/{run_id}"},
-        {
-            "$set": {
-                "dag_id": dag_id,
-                "run_id": run_id,
-                "finished_at": registry.now(),
-                "summary": summary,
-                "clearml": tracked.__dict__ if tracked else None,
-            }
-        },
-        upsert=True,
-    )
+    fields = {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "finished_at": registry.now(),
+        "summary": summary,
+        **{k: v for k, v in (links or {}).items()},
+    }
+    if tracked is not None:  # a failed recording keeps the task an earlier try recorded
+        fields["clearml"] = tracked.__dict__
+    update: dict[str, Any] = {"$set": fields}
+    if tracked is None:
+        update["$setOnInsert"] = {"clearml": None}
+    db[RUNS].update_one({"_id": f"{dag_id}/{run_id}"}, update, upsert=True)
+
+
+def previous_tracked(db: Database, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """The ClearML task an earlier try of this run recorded (``RunSpec.previous``), if any."""
+    doc = db[RUNS].find_one({"_id": f"{dag_id}/{run_id}"}, {"clearml": 1}) or {}
+    return doc.get("clearml") or None
+
+
+def clearml_link(tracked: dict[str, Any] | TrackedRun | None, page: str | None) -> str | None:
+    """Where a person opens a run's ClearML task: the server's web UI when the run went to
+    a server; else ``page`` (framesift's served page of the offline session). Never a
+    ``file://`` path: browsers do not open those from a web page."""
+    if tracked is None:
+        return None
+    info = tracked if isinstance(tracked, dict) else tracked.__dict__
+    url = info.get("url") or ""
+    if not info.get("offline_zip") and url.startswith(("http://", "https://")):
+        return url
+    return page
+
+
+def clearml_import_hint(zip_path: str) -> str:
+    return f"framesift clearml import {zip_path}"
 
 
 def recent_runs(db: Database, limit: int = 10) -> list[dict[str, Any]]:
@@ -152,10 +183,22 @@ def format_run(doc: dict[str, Any]) -> str:
     )
     status = ", ".join(f"{k} {v}" for k, v in sorted((s.get("by_status") or {}).items())) or "no videos"
     line = f"{when}  {doc['dag_id']}  {doc['run_id']}\n    videos {s.get('videos', 0)} ({status}), frames {s.get('frames_written', 0)}"
-    if doc.get("clearml"):
-        line += f"\n    ClearML: {doc['clearml'].get('url')}"
-    for item in s.get("quarantined", []) + s.get("failed", []):
-        line += f"\n    ! {item['key']}: {item['reason']}"
+    tracked = doc.get("clearml") or {}
+    if tracked.get("offline_zip"):
+        page = doc.get("clearml_page")
+        line += f"\n    ClearML: offline session {tracked['offline_zip']}" + (
+            f"\n      open: {page}" if page else ""
+        )
+        line += f"\n      import into a server: {clearml_import_hint(tracked['offline_zip'])}"
+    elif tracked.get("url"):
+        line += f"\n    ClearML: {tracked['url']}"
+    for item in s.get("quarantined", []):
+        line += f"\n    ! {item['key']}: quarantined: {item['reason']}"
+    for item in s.get("failed", []):
+        where = item.get("task") or item.get("stage") or "?"
+        line += f"\n    ! {item['key']}: failed at {where}: {item.get('error') or item.get('reason')}"
+        if item.get("next"):
+            line += f"\n      {item['next']}"
     for item in s.get("damaged", []):
         line += f"\n    ~ {item['key']}: {item['line']}"
     return line

@@ -10,9 +10,42 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowSkipException
 
+# the context variable the mapped tasks' name template shows after the video key
+# ("videos/a.mp4 · quarantined: not a video"); see MAP_NAME in dags/framesift_ingest.py
+NOTE = "framesift_note"
+# what a per-video outcome tells the next per-video stage: work on it, or nothing to do
+WORK, DONE = "work", "done"
+
 
 def context_run_id(context) -> str:
     return context["run_id"]
+
+
+def note(context, text: str | None) -> None:
+    """Show ``text`` beside this mapped task's video key in the UI."""
+    if text:
+        context[NOTE] = text
+
+
+def fail_fast(exc: BaseException, what: str, fix_after: str = "") -> None:
+    """For a permanent error (bad config, missing model, bucket or connection, refused
+    credentials) raise ``AirflowFailException`` (no retries) naming the fix; return for a
+    transient one, which the caller re-raises (Airflow retries it with backoff)::
+
+        except Exception as exc:
+            fail_fast(exc, "register_uploads")
+            raise
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from framesift.config.errors import classify, one_line
+
+    kind = classify(exc)
+    if kind.permanent:
+        fix = f" Fix: {kind.fix}." if kind.fix else ""
+        raise AirflowFailException(
+            f"{what}: {one_line(exc, 1000)}.{fix} Retrying will not help.{fix_after}"
+        ) from exc
 
 
 def attempt_of(context, cfg):
@@ -35,9 +68,19 @@ def attempt_of(context, cfg):
 
 
 def framesift_hook(config_path):
+    """The hook (config and clients). A config that does not load fails the task at once
+    with the validation message: no retry can fix a YAML file."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from framesift.config.schema import ConfigError
     from framesift_airflow.hooks import FramesiftHook
 
-    return FramesiftHook(config_path)
+    try:
+        return FramesiftHook(config_path)
+    except ConfigError as exc:
+        raise AirflowFailException(
+            f"the pipeline config does not load: {exc}. Fix the YAML (`framesift config` checks it)."
+        ) from None
 
 
 def work_dir(*parts: str) -> str:
@@ -82,13 +125,62 @@ class PerVideoOperator(ConfigOperator):
 
         return VideoRef(**{f.name: self.video[f.name] for f in fields(VideoRef)})
 
-    def _continue_or_skip(self, outcome: dict[str, Any], ready: tuple[str, ...]) -> dict[str, Any]:
-        """Downstream stages run only for videos in one of the ``ready`` statuses."""
-        if outcome["status"] not in ready:
-            ref = self._ref()
-            why = outcome["reason"] or f"it is {outcome['status']} (handled by another run)"
-            raise AirflowSkipException(f"s3://{ref.bucket}/{ref.key}: {why}")
-        return outcome
+    def _passed_on(self, context) -> dict[str, Any] | None:
+        """An upstream stage said there is nothing to do for this video in this run: the
+        same outcome, and the same note in the UI."""
+        if self.video.get("route") == DONE:
+            note(context, self.video.get("note"))
+            self.log.info(
+                "%s: %s; nothing to do here in this run", self.video.get("key"), self.video.get("note")
+            )
+            return dict(self.video)
+        return None
+
+    def _failed(self, exc: BaseException, task: str) -> None:
+        """A stage's exception: permanent ones fail at once, naming the fix and the requeue
+        (raises); for transient ones it returns and the caller re-raises."""
+        key = self.video.get("key")
+        fail_fast(
+            exc,
+            f"{key}: {task} failed",
+            f" After the fix: `framesift videos requeue '{key}' --reason ...` (or trigger framesift_ingest "
+            "with requeue); a changed config retries it by itself.",
+        )
+
+    def _route(
+        self, context, outcome: dict[str, Any], ready: tuple[str, ...], later: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """Where the video goes next. *Skipped* means one thing: quarantined (bad input).
+        In a ``ready`` status, or failed in a ``later`` stage that this run retries: the
+        next stage works on it. Anything else (another run holds it, it finished or failed
+        earlier, a later stage of this run takes it from the registry) succeeds with a
+        note beside the key, and the next per-video stages pass it on."""
+        from framesift.ingest.registry import FAILED, QUARANTINED, STAGE_TASK, WORKING
+
+        status = outcome["status"]
+        ref = self._ref()
+        if status == QUARANTINED:
+            note(context, "quarantined")
+            raise AirflowSkipException(f"s3://{ref.bucket}/{ref.key}: quarantined: {outcome['reason']}")
+        failed_at = outcome.get("failed_stage")
+        if status in ready or (status == FAILED and failed_at in later):
+            if status == FAILED:
+                note(context, f"retrying {STAGE_TASK.get(failed_at, failed_at)}")
+            return {**outcome, "route": WORK}
+        if status == FAILED:
+            why = f"failed earlier at {STAGE_TASK.get(failed_at, failed_at)}; waits for a requeue"
+        elif status in WORKING and outcome.get("held_by"):
+            why = f"{status} in run {outcome['held_by']}"
+        else:
+            why = {
+                "pushed": "pushed earlier",
+                "not_selected": "not selected earlier",
+                "selected": "selected earlier; this run pushes it",
+                "pushing": "push resumed by this run",
+            }.get(status, f"{status}; handled by another run")
+        note(context, why)
+        self.log.info("s3://%s/%s: %s; nothing to do here in this run", ref.bucket, ref.key, why)
+        return {**outcome, "route": DONE, "note": why}
 
 
 class BatchOperator(ConfigOperator):

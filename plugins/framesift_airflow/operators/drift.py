@@ -10,6 +10,7 @@ from typing import Any
 
 from framesift_airflow.links import ClearMLRunLink
 from framesift_airflow.operators.base import ConfigOperator, attempt_of, framesift_hook
+from framesift_airflow.urls import airflow_run_url, page_url
 
 
 def _report_uri(cfg, run_id: str) -> str:
@@ -69,8 +70,10 @@ class DriftRunRecordOperator(DriftReportOperator):
         hook = framesift_hook(self.config_path)
         report = _read_report(hook, self.signals["report_uri"])
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        spec = run_spec(hook.config, report, dag_id=dag_id, run_id=run_id)
+        spec.previous = runs.previous_tracked(hook.db, dag_id, run_id)  # one task per run
         try:
-            tracked = record_run(run_spec(hook.config, report, dag_id=dag_id, run_id=run_id))
+            tracked = record_run(spec)
         except Exception as exc:  # tracking must not stop the alerting
             self.log.warning(
                 "could not record the ClearML run (%s); alerts go out without the plots link", exc
@@ -81,9 +84,22 @@ class DriftRunRecordOperator(DriftReportOperator):
             "sources": len(levels),
             "by_level": {lv: list(levels.values()).count(lv) for lv in set(levels.values())},
         }
-        runs.save_run(hook.db, dag_id=dag_id, run_id=run_id, summary=summary, tracked=tracked)
-        ClearMLRunLink.persist(context, tracked.url if tracked else None)
-        return {**self.signals, "clearml_url": tracked.url if tracked else None}
+        links = {
+            "airflow_run": airflow_run_url(dag_id, run_id),
+            "clearml_page": page_url("clearml", absolute=True, dag_id=dag_id, run_id=run_id),
+        }
+        runs.save_run(hook.db, dag_id=dag_id, run_id=run_id, summary=summary, tracked=tracked, links=links)
+        recorded = tracked or spec.previous
+        ClearMLRunLink.persist(
+            context, runs.clearml_link(recorded, page_url("clearml", dag_id=dag_id, run_id=run_id))
+        )
+        # what alerts link: the server's task, or the served page (absolute), never a file:// path
+        return {
+            **self.signals,
+            "clearml_url": runs.clearml_link(recorded, links["clearml_page"]),
+            "clearml_zip": tracked.offline_zip if tracked else (spec.previous or {}).get("offline_zip"),
+            "airflow_run_url": links["airflow_run"],
+        }
 
 
 class UpdateIncidentsOperator(DriftReportOperator):

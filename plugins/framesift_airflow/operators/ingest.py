@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from framesift.io.summaries import detections_line
 from framesift_airflow.links import ClearMLRunLink
 from framesift_airflow.operators.base import (
     BatchOperator,
@@ -15,9 +16,11 @@ from framesift_airflow.operators.base import (
     PerVideoOperator,
     attempt_of,
     context_run_id,
+    fail_fast,
     framesift_hook,
     work_dir,
 )
+from framesift_airflow.urls import airflow_run_url, page_url
 
 
 def trigger_payloads(context) -> list[dict[str, Any]]:
@@ -32,11 +35,28 @@ def trigger_payloads(context) -> list[dict[str, Any]]:
     return payloads
 
 
+def requeue_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The trigger form's requeue fields as ``register_uploads`` arguments."""
+    keys = params.get("requeue") or []
+    if isinstance(keys, str):
+        keys = [k.strip() for k in keys.split(",")]
+    keys = [k for k in keys if k]
+    every = any(k.lower() in ("failed", "--failed", "*") for k in keys)
+    return {
+        "requeue_keys": [] if every else keys,
+        "requeue_failed": every,
+        "requeue_reason": params.get("requeue_reason") or None,
+    }
+
+
 class RegisterUploadsOperator(ConfigOperator):
     """Register new uploads in the Mongo ``videos`` registry; return the videos to extract.
 
     Objects come from the asset events that triggered the run (SQS or prefix watcher);
     a manual run with no events lists ``prefix`` (default: ``storage.videos_prefix``).
+    The trigger form's ``requeue`` (S3 keys, or ``failed``) and ``requeue_reason`` put
+    failed videos back first, so this run retries them. Permanent errors (a missing bucket
+    or connection) fail at once.
     """
 
     template_fields: Sequence[str] = ("prefix",)
@@ -50,14 +70,19 @@ class RegisterUploadsOperator(ConfigOperator):
         from framesift.ingest.stage import register_uploads
 
         hook = framesift_hook(self.config_path)
-        refs = register_uploads(
-            hook.s3,
-            hook.db,
-            hook.config,
-            run_id=context_run_id(context),
-            event_payloads=trigger_payloads(context),
-            prefix=self.prefix or None,
-        )
+        try:
+            refs = register_uploads(
+                hook.s3,
+                hook.db,
+                hook.config,
+                run_id=context_run_id(context),
+                event_payloads=trigger_payloads(context),
+                prefix=self.prefix or None,
+                **requeue_params(dict(context["params"])),
+            )
+        except Exception as exc:
+            fail_fast(exc, "register_uploads")
+            raise
         return [r.to_dict() for r in refs]
 
 
@@ -80,24 +105,32 @@ class ExtractFramesOperator(PerVideoOperator):
 
         hook = framesift_hook(self.config_path)
         stage = extract_and_infer_one if can_overlap(hook.config) else extract_one
-        outcome = stage(
-            hook.s3,
-            hook.db,
-            hook.config,
-            self._ref(),
-            run_id=attempt_of(context, hook.config),
-            work_dir=work_dir(),
+        try:
+            outcome = stage(
+                hook.s3,
+                hook.db,
+                hook.config,
+                self._ref(),
+                run_id=attempt_of(context, hook.config),
+                work_dir=work_dir(),
+            )
+        except Exception as exc:
+            self._failed(exc, "extract_frames")
+            raise
+        if not outcome["skipped"]:
+            self.log.info(
+                "%s: %s, %s frames at %s (%s corrupt)",
+                outcome["key"],
+                outcome["status"],
+                outcome["frames_written"],
+                outcome["frames_prefix"],
+                outcome["frames_corrupt"],
+            )
+        # later stages take over a video stranded in inferring or selecting, and retry one
+        # that failed there
+        return self._route(
+            context, outcome, (EXTRACTED, INFERRING, INFERRED, SELECTING), later=(INFERRING, SELECTING)
         )
-        self.log.info(
-            "%s: %s, %s frames at %s (%s corrupt)",
-            outcome["key"],
-            outcome["status"],
-            outcome["frames_written"],
-            outcome["frames_prefix"],
-            outcome["frames_corrupt"],
-        )
-        # later stages take over a video stranded in inferring or selecting
-        return self._continue_or_skip(outcome, (EXTRACTED, INFERRING, INFERRED, SELECTING))
 
 
 class InferOperator(PerVideoOperator):
@@ -112,22 +145,38 @@ class InferOperator(PerVideoOperator):
         from framesift.inference.stage import infer_one
         from framesift.ingest.registry import INFERRED, SELECTING
 
+        passed = self._passed_on(context)
+        if passed is not None:
+            return passed
         hook = framesift_hook(self.config_path)
         # the attempt travels as the run id: infer_one hands it to the registry's claim
-        outcome = infer_one(
-            hook.s3, hook.db, hook.config, self._ref(), run_id=attempt_of(context, hook.config)
-        )
+        try:
+            outcome = infer_one(
+                hook.s3, hook.db, hook.config, self._ref(), run_id=attempt_of(context, hook.config)
+            )
+        except Exception as exc:
+            self._failed(exc, "infer")
+            raise
         inf = outcome.get("inference") or {}
-        self.log.info(
-            "%s: %s frames, %s boxes %s, %s frames/s; predictions at %s",
-            outcome["key"],
-            inf.get("frames"),
-            inf.get("boxes"),
-            inf.get("counts"),
-            inf.get("fps"),
-            inf.get("predictions_prefix"),
-        )
-        return self._continue_or_skip(outcome, (INFERRED, SELECTING))
+        if not outcome["skipped"]:
+            self.log.info(
+                "%s: %s frames, %s, %s frames/s; predictions at %s",
+                outcome["key"],
+                inf.get("frames"),
+                detections_line(inf.get("counts"), inf.get("boxes")),
+                inf.get("fps"),
+                inf.get("predictions_prefix"),
+            )
+        return self._route(context, outcome, (INFERRED, SELECTING), later=(SELECTING,))
+
+
+def run_links(dag_id: str, run_id: str) -> dict[str, str | None]:
+    """Where people open a run (absolute URLs, when ``[api] base_url`` is set): its page
+    in the Airflow UI and its ClearML page; kept on the ``runs`` record for the CLI."""
+    return {
+        "airflow_run": airflow_run_url(dag_id, run_id),
+        "clearml_page": page_url("clearml", absolute=True, dag_id=dag_id, run_id=run_id),
+    }
 
 
 class IngestSummaryOperator(BatchOperator):
@@ -139,14 +188,21 @@ class IngestSummaryOperator(BatchOperator):
     ui_color = "#eefde8"
 
     def execute(self, context) -> dict[str, Any]:
-        from framesift.ingest.stage import run_videos, summarize
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from framesift.ingest.stage import failure_line, run_videos, summarize
         from framesift.tracking import runs
         from framesift.tracking.clearml import record_run
 
+        if self.videos is None:  # register_uploads pushes a list, [] included, when it succeeds
+            raise AirflowFailException(
+                "register_uploads did not finish (it failed, or check_setup before it did): this run "
+                "registered and processed nothing. Its log names the error."
+            )
         hook = framesift_hook(self.config_path)
         dag_id, run_id = context["dag"].dag_id, context_run_id(context)
         docs = run_videos(hook.db, [v["video_id"] for v in self.videos or []])
-        summary = summarize(docs)
+        summary = summarize(docs, run_id)
         sel_ids = {d["selection_id"] for d in docs if d.get("selection_id")}
         selection = hook.db["selections"].find_one({"_id": {"$in": sorted(sel_ids)}, "run_id": run_id})
         spec = runs.ingest_run_spec(
@@ -157,6 +213,8 @@ class IngestSummaryOperator(BatchOperator):
             video_docs=docs,
             selection=selection,
         )
+        # a retry (or a cleared summary) continues the task an earlier try recorded: one per run
+        spec.previous = runs.previous_tracked(hook.db, dag_id, run_id)
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 runs.attach_outputs(spec, hook.s3, docs, selection, tmp)
@@ -166,15 +224,17 @@ class IngestSummaryOperator(BatchOperator):
                 "could not record the ClearML run (%s); the outcome is still saved in Mongo `runs`", exc
             )
             tracked = None
-        runs.save_run(hook.db, dag_id=dag_id, run_id=run_id, summary=summary, tracked=tracked)
-        ClearMLRunLink.persist(context, tracked.url if tracked else None)
+        links = run_links(dag_id, run_id)
+        runs.save_run(hook.db, dag_id=dag_id, run_id=run_id, summary=summary, tracked=tracked, links=links)
+        link = runs.clearml_link(tracked or spec.previous, page_url("clearml", dag_id=dag_id, run_id=run_id))
+        ClearMLRunLink.persist(context, link)
 
         self.log.info(
             "ingest summary: %d video(s) %s, %d frames written; ClearML: %s",
             summary["videos"],
             summary["by_status"],
             summary["frames_written"],
-            tracked.url if tracked else "not recorded",
+            (tracked.offline_zip or tracked.url) if tracked else "not recorded",
         )
         for item in summary["extracted"]:
             self.log.info(
@@ -182,10 +242,12 @@ class IngestSummaryOperator(BatchOperator):
             )
         for item in summary["quarantined"]:
             self.log.warning("  quarantined %s: %s", item["key"], item["reason"])
+        for item in summary["failed_earlier"]:
+            self.log.info("  still failed from an earlier run (not retried here): %s", failure_line(item))
         if summary["failed"]:
-            keys = ", ".join(f"{f['key']} ({f['reason']})" for f in summary["failed"])
-            raise RuntimeError(
-                f"{len(summary['failed'])} video(s) failed: {keys}. They are retried by the next run "
-                f"(up to 3 attempts); check the extract_frames logs for the error."
+            lines = "\n".join(f"  {failure_line(f)}" for f in summary["failed"])
+            # a result, not an outage: retrying the summary cannot change it
+            raise AirflowFailException(
+                f"{len(summary['failed'])} video(s) failed in this run (the other videos went on):\n{lines}"
             )
         return {**summary, "clearml": tracked.__dict__ if tracked else None}

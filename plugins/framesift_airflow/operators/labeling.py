@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from framesift_airflow.links import LabelingProjectLink
-from framesift_airflow.operators.base import ConfigOperator, PerVideoOperator, attempt_of, framesift_hook
+from framesift_airflow.operators.base import (
+    ConfigOperator,
+    PerVideoOperator,
+    attempt_of,
+    fail_fast,
+    framesift_hook,
+    note,
+)
 
 
 class PushSequenceOperator(PerVideoOperator):
@@ -19,12 +26,11 @@ class PushSequenceOperator(PerVideoOperator):
     ui_color = "#fde8ef"
 
     def execute(self, context) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from framesift.labeling.base import BackendError, BadCredentials, FrameMissing
+        from framesift.labeling.base import BadCredentials
         from framesift.labeling.push import push_video
 
         hook = framesift_hook(self.config_path)
+        key = self.video["key"]
         try:
             out = push_video(
                 hook.s3,
@@ -35,15 +41,30 @@ class PushSequenceOperator(PerVideoOperator):
                 run_id=attempt_of(context, hook.config),
             )
         except BadCredentials as exc:
-            raise AirflowFailException(
+            fail_fast(
+                exc,
                 f"the labeling platform refused the credentials of connection "
-                f"'{hook.config.connections.labeling}': {exc}. Fix the connection; retrying will not help."
-            ) from None
-        except (FrameMissing, BackendError) as exc:
-            raise AirflowFailException(f"{self.video['key']}: {exc}") from None
+                f"'{hook.config.connections.labeling}'",
+                f" After fixing the connection: `framesift videos requeue '{key}'`.",
+            )
+            raise
+        except Exception as exc:
+            fail_fast(
+                exc,
+                f"{key}: push_to_labeling failed",
+                f" After the fix: `framesift videos requeue '{key}' --reason ...`.",
+            )
+            raise
         labeling = out.get("labeling") or {}
+        if out.get("skipped"):
+            why = {"pushed": "pushed earlier"}.get(
+                out.get("status"), f"{out.get('status')}; another run has it"
+            )
+            note(context, why)
+            self.log.info("%s: %s; nothing to push in this run", key, why)
+        else:
+            self.log.info("%s: %s frames -> %s", key, labeling.get("frames"), labeling.get("url"))
         LabelingProjectLink.persist(context, labeling.get("url"))
-        self.log.info("%s: %s frames -> %s", self.video["key"], labeling.get("frames"), labeling.get("url"))
         return out
 
 

@@ -5,14 +5,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from framesift.io.s3 import http_url
 from framesift_airflow.links import SelectionReportLink
 from framesift_airflow.operators.base import (
+    DONE,
     BatchOperator,
     ConfigOperator,
     attempt_of,
+    fail_fast,
     framesift_hook,
     video_refs,
 )
+
+
+def to_work_on(videos: Any) -> list[dict[str, Any]]:
+    """The per-video outcomes a batch stage works on: not those an earlier stage passed on
+    as nothing to do in this run (another run has them, or they finished earlier)."""
+    return [v for v in videos or [] if v.get("route") != DONE]
+
+
+def report_link(s3, uri: str) -> str:
+    """The Selection report link: through the api-server's framesift pages when Airflow
+    serves them (never expires, no bucket access needed), else a presigned S3 URL."""
+    from framesift_airflow.urls import page_url
+
+    return page_url("s3", uri=uri) or http_url(s3, uri)
 
 
 class PlanSelectionOperator(BatchOperator):
@@ -28,12 +45,15 @@ class PlanSelectionOperator(BatchOperator):
         from framesift.selection.batch import plan_selection
         from framesift.selection.presets import selection_overrides
 
+        if self.videos is None:  # nothing was inferred: every video failed, or the run stopped early
+            self.log.info("no inferred videos in this run: nothing to plan")
+            return []
         hook = framesift_hook(self.config_path)
         return plan_selection(
             hook.s3,
             hook.db,
             hook.config,
-            video_refs(self.videos),
+            video_refs(to_work_on(self.videos)),
             run_id=attempt_of(context, hook.config),
             overrides=selection_overrides(dict(context["params"])),
         )
@@ -88,23 +108,33 @@ class SelectFramesOperator(BatchOperator):
         self.batch = batch
 
     def execute(self, context) -> list[dict[str, Any]]:
-        from framesift.io.s3 import http_url
         from framesift.labeling.push import push_items, resumed_push_items
         from framesift.selection.batch import select_batch
         from framesift.selection.presets import selection_overrides
 
+        if self.batch is None:  # register_uploads did not finish: the summary fails the run
+            self.log.info("this run registered no batch: nothing to select or push")
+            return []
         hook = framesift_hook(self.config_path)
         params = dict(context["params"])
-        record = select_batch(
-            hook.s3,
-            hook.db,
-            hook.config,
-            video_refs(self.videos),
-            run_id=attempt_of(context, hook.config),
-            overrides=selection_overrides(params),
-        )
+        try:
+            record = select_batch(
+                hook.s3,
+                hook.db,
+                hook.config,
+                video_refs(to_work_on(self.videos)),
+                run_id=attempt_of(context, hook.config),
+                overrides=selection_overrides(params),
+            )
+        except Exception as exc:
+            fail_fast(
+                exc,
+                "select_frames failed",
+                " After the fix: `framesift videos requeue --failed --reason ...`.",
+            )
+            raise
         if record.get("report_uri"):
-            SelectionReportLink.persist(context, http_url(hook.s3, record["report_uri"]))
+            SelectionReportLink.persist(context, report_link(hook.s3, record["report_uri"]))
         self.log.info(
             "selected %d of %s frames from %d video(s)%s; report: %s",
             len(record.get("selected", [])),

@@ -8,8 +8,11 @@ Image sequences
     "multi-page document" support, used here for frames in time order). Checked against
     Label Studio 1.23.2: tasks, predictions and annotations with ``item_index`` round-trip
     through the API. Task data: ``images`` (URLs), ``frame_names``, ``framesift_key``
-    (the idempotency key), ``chunk``/``n_chunks``, ``title``, ``video_key``, ``video_id``,
-    ``selection_id``.
+    (the idempotency key), ``chunk``/``n_chunks``, ``title`` (the video's S3 key),
+    ``video_key``, ``video_id``, ``selection_id``, and for the labeler (columns of the
+    Data Manager): ``n_frames``, ``frame_times_s`` (each frame's time in the video),
+    ``time_span`` and ``frame_reasons`` (why each frame was selected: pick rank and
+    objective values).
 
 How frames reach Label Studio
     Uploaded: frames are read from S3 and sent to ``POST /api/projects/<id>/import
@@ -30,7 +33,8 @@ Limits (Label Studio's defaults, which we stay under)
     n") of balanced sizes sharing the key.
 
 Pre-annotations
-    ``predictions`` on the task, ``model_version`` set, boxes converted from pixels to
+    ``predictions`` on the task, ``model_version`` the model's name and weights hash
+    (``yolov3-tiny@1a2b3c4d``), boxes converted from pixels to
     Label Studio's percent coordinates (``px_to_ls``), ``original_width/height`` from the
     frame's PNG header.
 
@@ -62,6 +66,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from framesift.config.schema import PipelineConfig
+from framesift.io.layout import format_time
 from framesift.io.leases import ClaimLost
 from framesift.labeling.base import (
     DONE,
@@ -159,6 +164,10 @@ class LabelStudioBackend:
             kwargs["tracks_review"] = str(credentials["enterprise_reviews"]).lower() in ("1", "true", "yes")
         client = LabelStudioClient(url, str(token), **client_kwargs)
         return cls(client, s3, project_name=cfg.labeling.project_name, **kwargs)
+
+    def check_access(self) -> None:
+        """The server answers and accepts the token (BadCredentials / BackendUnavailable)."""
+        self.client.get_json("/api/current-user/whoami")
 
     # --- project
 
@@ -361,6 +370,11 @@ class LabelStudioBackend:
                 "video_id": request.video_id,
                 "selection_id": request.selection_id,
                 "frames_prefix": f"s3://{request.bucket}/{request.frames_prefix}",
+                # columns of the Data Manager, for the labeler
+                "n_frames": len(names),
+                "frame_times_s": [request.frame_times_s.get(n) for n in names],
+                "time_span": time_span([request.frame_times_s.get(n) for n in names]),
+                "frame_reasons": [request.frame_reasons.get(n, "") for n in names],
             }
         }
         result = []
@@ -504,6 +518,15 @@ class LabelStudioBackend:
                     )
                 )
         return out
+
+
+def time_span(times: Sequence[float | None]) -> str:
+    """``"0.00 s - 12.50 s"``: where in the video a task's frames are ("" when unknown)."""
+    known = [t for t in times if t is not None]
+    if not known:
+        return ""
+    lo, hi = min(known), max(known)
+    return format_time(lo) if lo == hi else f"{format_time(lo)} - {format_time(hi)}"
 
 
 _CLIENT_KWARGS = {"timeout", "max_429_retries", "max_retry_after_s", "sleep", "session"}
