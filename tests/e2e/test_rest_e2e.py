@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 import requests
 import yaml
@@ -244,8 +245,13 @@ def test_upload_triggers_asset_run_visible_through_rest_api(
         resp = api.get(f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/summary/links")
         resp.raise_for_status()
         links = resp.json()["extra_links"]
-        assert links.get("ClearML run") == run_doc["clearml"]["url"], links
-        assert links["ClearML run"].startswith("file://") and links["ClearML run"].endswith(".zip")
+        # the offline session is served by the api-server (a browser opens no file:// link)
+        page = f"/framesift/clearml/{quote(DAG_ID, safe='')}/{quote(run_id, safe='')}"
+        assert links.get("ClearML run") == page, links
+        assert run_doc["clearml"]["offline_zip"].endswith(".zip")
+        served = httpx.get(airflow.base + page, headers=airflow.client.headers, timeout=30)
+        assert served.status_code == 200 and "text/html" in served.headers["content-type"], served.text[:500]
+        assert httpx.get(airflow.base + page, timeout=30).status_code in (401, 403)  # not public
     except BaseException:
         # what the scheduler, triggerer and dag-processor said last, import errors, the
         # task instances and the logs of failed ones
