@@ -29,10 +29,14 @@ export XDG_DATA_HOME := $(ROOT)/var/data
 export TMPDIR := $(ROOT)/var/tmp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
+# every name exported above, for `make env`
+EXPORTED := $(shell sed -n 's/^export \([A-Z_0-9]*\) :=.*/\1/p' $(firstword $(MAKEFILE_LIST)))
+AIRFLOW_PORT ?= 8080
+
 STAMP := $(VENV)/.installed
 AIRFLOW_DB := $(AIRFLOW_HOME)/airflow.db
 
-.PHONY: help venv airflow-db labelstudio services test test-quick demo demo-loop up down env lint bench docs clean
+.PHONY: help venv airflow-db labelstudio services test test-quick demo demo-loop up down env print-env airflow airflow-down lint bench docs clean
 
 help:
 	@echo "make demo        run framesift_ingest on the embedded local stack"
@@ -40,7 +44,9 @@ help:
 	@echo "make test        run all tests (unit, integration, DAG runs, REST end-to-end, scale-out, deploy)"
 	@echo "make test-quick  skip the tests marked slow (those that start servers or run DAGs)"
 	@echo "make up / down   start / stop the embedded stack in the background"
-	@echo "make env         print the exports that point a shell at the running stack"
+	@echo "make airflow     a local Airflow on the embedded stack + Label Studio (login printed; Ctrl-C stops it)"
+	@echo "make airflow-down  stop the one \`make airflow\` started (from another shell)"
+	@echo "make env         print the Makefile's exports (+ the running stack's): eval \"\$$(make -s env)\""
 	@echo "make bench       run the benchmarks in bench/ (results in bench/results/), then rewrite the tables"
 	@echo "make docs        rewrite the benchmark tables in README.md and docs/ from bench/results/*.json"
 	@echo "make lint        ruff"
@@ -95,8 +101,23 @@ up: $(STAMP)
 down: $(STAMP)
 	$(PY) -m framesift.cli stack down
 
+# what the Makefile exports, then the running stack's connections (`make up`), if any;
+# HOME is left commented out: a shell of yours keeps its own ~ (git, ssh)
 env: $(STAMP)
-	@$(PY) -m framesift.cli stack env
+	@$(MAKE) -s --no-print-directory print-env
+	@$(PY) -m framesift.cli stack env 2>/dev/null || echo "# no stack running (make up): its connections are not set"
+
+print-env:
+	@$(foreach v,$(EXPORTED),$(if $(filter HOME,$(v)),echo "# export $(v)='$($(v))'";,echo "export $(v)='$($(v))'";))
+	@echo "export PATH='$(VENV)/bin':\"\$$PATH\""
+
+# a local Airflow on the embedded stack (api-server, scheduler, dag-processor, triggerer,
+# Label Studio, the connections) in the foreground until Ctrl-C or `make airflow-down`
+airflow: $(AIRFLOW_DB)
+	$(PY) -m framesift.cli airflow up --port $(AIRFLOW_PORT)
+
+airflow-down: $(STAMP)
+	$(PY) -m framesift.cli airflow down
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check include plugins dags tests bench

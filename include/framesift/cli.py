@@ -23,7 +23,9 @@ from framesift.ingest.registry import FAILED, VIDEOS, count_by_status, ensure_in
 from framesift.ingest.registry import get as get_video
 from framesift.ingest.stage import extract_one, failure_item, failure_line, requeue_videos
 from framesift.io.s3 import head, make_client, parse_s3_uri
+from framesift.local import airflow as local_airflow
 from framesift.local import stack
+from framesift.tracking import preflight
 from framesift.tracking.runs import format_run, recent_runs
 
 
@@ -70,6 +72,17 @@ def cmd_stack(args) -> int:
     return 0
 
 
+def cmd_airflow(args) -> int:
+    if args.action == "up":
+        return local_airflow.up(port=args.port, config_path=args.config)
+    if args.action == "down":
+        print("local Airflow stopped" if local_airflow.down() else "no local Airflow running")
+        return 0
+    running = local_airflow.read_pid_file()
+    print(f"running (pid {running['pid']}): {running['url']}" if running else "not running")
+    return 0
+
+
 def cmd_config(args) -> int:
     try:
         cfg = load_config(args.file)
@@ -77,7 +90,40 @@ def cmd_config(args) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    return 0
+    if args.no_model:
+        return 0
+    problems = check_model_and_classes(cfg)
+    for problem in problems:
+        print(f"config error: {problem}", file=sys.stderr)
+    if not problems:
+        print(
+            f"model {cfg.inference.model_uri or 'default'}: found"
+            + (
+                f"; important_classes {list(cfg.important_classes)} are its classes"
+                if cfg.important_classes
+                else ""
+            ),
+            file=sys.stderr,
+        )
+    return 2 if problems else 0
+
+
+def check_model_and_classes(cfg: PipelineConfig) -> list:
+    """The preflight's checks (the same a run does first): the model exists and knows every
+    ``important_classes`` entry. An ``s3://`` model is read with the environment's (or the
+    running local stack's) S3 settings."""
+    env = {**stack.env_from_state(), **os.environ}
+    s3 = make_client(endpoint_url=env.get("FRAMESIFT_S3_ENDPOINT_URL") or None)
+    problems = preflight.check_model(s3, cfg)
+    if problems or not cfg.important_classes:
+        return problems
+    try:
+        names = preflight.model_classes(cfg, s3)
+    except Exception as exc:  # noqa: BLE001 - a model that does not load is the problem
+        return [
+            preflight.Problem("inference.model_uri", f"the model does not load: {exc}", "fix the checkpoint")
+        ]
+    return preflight.check_classes(cfg, names)
 
 
 def cmd_discover(args) -> int:
@@ -272,8 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["up", "down", "env", "status"])
     p.set_defaults(func=cmd_stack)
 
-    p = sub.add_parser("config", help="validate a config file and print it resolved")
+    p = sub.add_parser(
+        "airflow",
+        help="a local Airflow on the embedded stack with Label Studio (up: until Ctrl-C; down; status)",
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--port", type=int, default=8080, help="the api-server's port (default 8080)")
+    p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser(
+        "config", help="validate a config file, print it resolved, check the model and important_classes"
+    )
     p.add_argument("file", nargs="?")
+    p.add_argument("--no-model", action="store_true", help="skip the model checks (file and class names)")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("discover", help="list uploads not yet in the registry")

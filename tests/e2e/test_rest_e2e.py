@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shlex
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 import requests
 import yaml
@@ -35,6 +31,7 @@ import yaml
 from framesift.config.loading import load_config
 from framesift.io import layout
 from framesift.io.s3 import list_objects, upload
+from framesift.local.airflow import LocalAirflow, airflow_env, free_port
 from framesift.local.stack import project_root
 from framesift.local.synth import make_video
 
@@ -43,207 +40,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ROOT = project_root()
 VENV_BIN = Path(sys.executable).parent
 DAG_ID = "framesift_ingest"
-STARTUP_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 240
-POOLS = [("gpu", 1, "GPU inference slots")]
 # FRAMESIFT_E2E_STANDALONE=1: one `airflow standalone` instead of the four components
 STANDALONE = os.environ.get("FRAMESIFT_E2E_STANDALONE", "") not in ("", "0", "false", "False")
 
 
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
-def _env_words(cmd: str) -> str:
-    words = cmd.split()[: _n_env_words(cmd.split())]
-    return "env " + " ".join(shlex.quote(w) for w in words) + " " if words else ""
+class Airflow(LocalAirflow):
+    """framesift.local.airflow.LocalAirflow (what `make airflow` runs), plus the API
+    helpers and diagnostics of these tests."""
 
-
-def _command_words(cmd: str) -> str:
-    words = cmd.split()
-    return " ".join(words[_n_env_words(words) :])
-
-
-def _n_env_words(words: list[str]) -> int:
-    n = 0
-    while n < len(words) and "=" in words[n] and not words[n].startswith("-"):
-        n += 1
-    return n
-
-
-class Airflow:
-    """Airflow's components in a process group of their own, and a JWT-authenticated client."""
-
-    def __init__(
-        self,
-        home: Path,
-        env: dict[str, str],
-        port: int,
-        components: dict[str, str] | None = None,
-        pools: list[tuple[str, int, str]] = POOLS,
-    ):
-        """``components``: log name -> command line after ``airflow`` (default: the four of
-        `airflow standalone`); a command may start with VAR=value words of its own."""
-        self.home = home
-        self.env = env
-        self.port = port
-        self.components = components
-        self.pools = pools
-        self.base = f"http://127.0.0.1:{port}"
-        self.launcher: subprocess.Popen | None = None
-        self.pgid: int | None = None
-        self.client = None
-        self.startup_s: float | None = None
-        self.migrate_s: float | None = None
-
-    # --- process -------------------------------------------------------------------
     def start(self) -> None:
-        t_migrate = time.monotonic()
-        migrate = subprocess.run(
-            [str(VENV_BIN / "airflow"), "db", "migrate"],
-            env=self.env,
-            cwd=self.home,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert migrate.returncode == 0, (
-            "airflow db migrate failed:\n" + migrate.stdout[-3000:] + migrate.stderr[-3000:]
-        )
-        # the pools the DAGs use, as airflow-init does in docker-compose.yaml
-        for pool, slots, what in self.pools:
-            made = subprocess.run(
-                [str(VENV_BIN / "airflow"), "pools", "set", pool, str(slots), what],
-                env=self.env,
-                cwd=self.home,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
-        self.migrate_s = time.monotonic() - t_migrate
-        t0 = time.monotonic()
-        airflow = shlex.quote(str(VENV_BIN / "airflow"))
-        if self.components:
-            commands = self.components
-        elif STANDALONE:
-            commands = {"standalone": "standalone"}
-        else:
-            # what `airflow standalone` runs, minus its log servers (they bind every interface
-            # on fixed ports; the logs are local files the api-server reads anyway)
-            commands = {
-                "api-server": "api-server",
-                "scheduler": "scheduler --skip-serve-logs",
-                "dag-processor": "dag-processor",
-                "triggerer": "triggerer --skip-serve-logs",
-            }
-        # one launcher under setsid: every component and all their children share a session
-        # and process group of their own, so stop() ends them all and nothing survives; the
-        # launcher exits as soon as any component does
-        script = "".join(
-            f"{_env_words(cmd)}{airflow} {_command_words(cmd)} > {shlex.quote(name)}.log 2>&1 &\n"
-            for name, cmd in commands.items()
-        )
-        self.launcher = subprocess.Popen(
-            ["setsid", "bash", "-c", script + "wait -n\n"],
-            env=self.env,
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-        )
-        self.pgid = self.launcher.pid  # not a group leader when exec'd, so setsid does not fork
-        self._wait_healthy(t0)
-        self.startup_s = time.monotonic() - t0
-        self._login()
-
-    def _wait_healthy(self, t0: float) -> None:
-        import httpx
-
-        components = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-        last = None
-        while time.monotonic() - t0 < STARTUP_TIMEOUT_S:
-            if self.launcher.poll() is not None:
-                raise AssertionError(f"an Airflow component exited at startup\n{self.tail()}")
-            try:
-                health = httpx.get(f"{self.base}/api/v2/monitor/health", timeout=5).json()
-                last = health
-                if all((health.get(c) or {}).get("status") == "healthy" for c in components):
-                    return
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(1)
-        raise AssertionError(f"Airflow not healthy after {STARTUP_TIMEOUT_S} s: {last}\n{self.tail()}")
-
-    def _login(self) -> None:
-        """JWT from POST /auth/token with the admin password the simple auth manager generated."""
-        import httpx
-
-        password_file = self.home / "simple_auth_manager_passwords.json.generated"
-        deadline = time.monotonic() + 30
-        while not (password_file.exists() and password_file.read_text().strip()):
-            assert time.monotonic() < deadline, f"{password_file} was not written\n{self.tail()}"
-            time.sleep(0.5)
-        password = json.loads(password_file.read_text())["admin"]
-        resp = httpx.post(
-            f"{self.base}/auth/token", json={"username": "admin", "password": password}, timeout=30
-        )
-        assert resp.status_code == 201, (resp.status_code, resp.text)
-        token = resp.json()["access_token"]
-        self.client = httpx.Client(
-            base_url=f"{self.base}/api/v2", headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-
-    def stop(self) -> list[int]:
-        """SIGTERM the process group, then SIGKILL; return pids of ours that survived."""
-        if self.client is not None:
-            self.client.close()
-        if self.pgid is None:
-            return []
-        for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(self.pgid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self._in_group(self.pgid):
-                time.sleep(0.5)
-            if not self._in_group(self.pgid):
-                break
-        if self.launcher.poll() is None:
-            self.launcher.wait(timeout=5)
-        # anything that left the group but still runs with our AIRFLOW_HOME was started by us
-        leftovers = self._ours()
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return leftovers
-
-    @staticmethod
-    def _in_group(pgid: int) -> bool:
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                if int(stat[2]) == pgid and stat[0] != "Z":
-                    return True
-        return False
-
-    def _ours(self) -> list[int]:
-        marker = f"AIRFLOW_HOME={self.home}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit() and int(entry.name) != os.getpid():
-                try:
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return pids
+        super().start(standalone=STANDALONE)
 
     # --- diagnostics -----------------------------------------------------------------
     def tail(self, n: int = 60, components: tuple[str, ...] = ()) -> str:
@@ -319,53 +130,6 @@ def e2e_config(stack, tmp_path_factory):
         )
     )
     return path, load_config(path)
-
-
-def airflow_env(home: Path, port: int, config_path: Path, stack, label_studio) -> dict[str, str]:
-    """The environment of every Airflow component: this repo's DAGs, the embedded stack,
-    Label Studio, a SQLite DB in ``home`` (override AIRFLOW__DATABASE__SQL_ALCHEMY_CONN)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        # a developer's own Airflow settings must not leak in (its DB, executor, auth, ...)
-        if not (k.startswith("AIRFLOW__") or k.startswith("AIRFLOW_CONN_") or k == "AIRFLOW_HOME")
-    }
-    env.update(stack.env())  # AIRFLOW_CONN_AWS_DEFAULT / _MONGO_DEFAULT, ClearML offline settings
-    env.update(label_studio.connection_env())  # AIRFLOW_CONN_FRAMESIFT_LABELING
-    env.update(
-        {
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "AIRFLOW_HOME": str(home),
-            "HOME": str(ROOT / "var" / "home"),
-            "PYTHONPATH": f"{ROOT / 'plugins'}{os.pathsep}{ROOT / 'include'}",
-            "FRAMESIFT_CONFIG": str(config_path),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__EXPOSE_CONFIG": "False",
-            # every component signs and checks task tokens with the same key
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            # watchers of a DAG are registered when its file is parsed while it is unpaused,
-            # so parse often: the unpause below takes effect within seconds
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-            # standalone starts log servers on fixed ports (8793/8794): move them off
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        }
-    )
-    env.setdefault("TMPDIR", str(ROOT / "var" / "tmp"))
-    env.setdefault("YOLO_CONFIG_DIR", str(ROOT / "var" / "ultralytics"))
-    env.setdefault("MPLCONFIGDIR", str(ROOT / "var" / "matplotlib"))
-    env["YOLO_OFFLINE"] = "1"
-    Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -481,8 +245,13 @@ def test_upload_triggers_asset_run_visible_through_rest_api(
         resp = api.get(f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/summary/links")
         resp.raise_for_status()
         links = resp.json()["extra_links"]
-        assert links.get("ClearML run") == run_doc["clearml"]["url"], links
-        assert links["ClearML run"].startswith("file://") and links["ClearML run"].endswith(".zip")
+        # the offline session is served by the api-server (a browser opens no file:// link)
+        page = f"/framesift/clearml/{quote(DAG_ID, safe='')}/{quote(run_id, safe='')}"
+        assert links.get("ClearML run") == page, links
+        assert run_doc["clearml"]["offline_zip"].endswith(".zip")
+        served = httpx.get(airflow.base + page, headers=airflow.client.headers, timeout=30)
+        assert served.status_code == 200 and "text/html" in served.headers["content-type"], served.text[:500]
+        assert httpx.get(airflow.base + page, timeout=30).status_code in (401, 403)  # not public
     except BaseException:
         # what the scheduler, triggerer and dag-processor said last, import errors, the
         # task instances and the logs of failed ones

@@ -68,9 +68,17 @@ def outbox(db):
 
 def test_incident_lifecycle_dedup_escalation_resolution(db):
     dc = drift_cfg()
-    out = alerts.update_incidents(db, report(window("w1")), dc, run_id="r1", clearml_url="file:///x.zip")
+    run_url = "http://airflow.example/dags/framesift_drift/runs/r1"
+    out = alerts.update_incidents(
+        db, report(window("w1")), dc, run_id="r1", clearml_url="file:///x.zip", airflow_run_url=run_url
+    )
     (inc_id,) = out["opened"]
     assert inc_id == "embedding:videos/cam1/#1"
+    # the alert links the Airflow run that raised it (issue #17, point 8)
+    opened = db[alerts.ALERTS].find_one({"_id": inc_id})
+    assert opened["airflow_run_url"] == run_url
+    message = alerts.render_message(opened, {"event": "opened", "level": "warning"})
+    assert f"Airflow run: {run_url}" in message["text"] and message["airflow_run_url"] == run_url
     assert outbox(db) == [f"{inc_id}|opened|warning|webhook:framesift_alerts_webhook"]
 
     # the same window again: a duplicate run, a retry, a second scheduler: nothing changes

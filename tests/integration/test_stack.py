@@ -100,6 +100,31 @@ def test_config_check_command(tmp_path):
     assert "sampling: fps" in ok.stdout
 
 
+def test_config_checks_the_model_and_important_classes(tmp_path):
+    """`framesift config` fails on a model file that does not exist and on class names the
+    model does not know (issue #17, point 7), with the preflight's messages."""
+    from framesift.inference.models import fall_model_path
+
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"inference:\n  model_uri: {tmp_path / 'nope.pt'}\n")
+    res = cli("config", str(missing), env=dict(os.environ), check=False)
+    assert res.returncode == 2 and "config error: inference.model_uri: " in res.stderr
+    assert "nope.pt" in res.stderr
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"inference:\n  model_uri: {fall_model_path()}\nimportant_classes: [Fall, Normla]\n")
+    res = cli("config", str(typo), env=dict(os.environ), check=False)
+    assert res.returncode == 2
+    assert "important_classes: 'Normla' is not a class of the model (did you mean 'Normal'?)" in res.stderr
+    assert "'Fall'" not in res.stderr
+
+    good = tmp_path / "good.yaml"
+    good.write_text(f"inference:\n  model_uri: {fall_model_path()}\nimportant_classes: [Fall]\n")
+    res = cli("config", str(good), env=dict(os.environ), check=False)
+    assert res.returncode == 0 and "important_classes ['Fall'] are its classes" in res.stderr
+    assert cli("config", str(missing), "--no-model", env=dict(os.environ)).returncode == 0
+
+
 def test_clearml_offline_sessions_land_in_the_project(stack, tmp_path):
     """The stack's environment makes ClearML write offline sessions under var/, no server."""
     code = (

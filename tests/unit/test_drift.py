@@ -216,6 +216,7 @@ def test_alert_message_names_signal_threshold_window_videos_frames_plots_runbook
         "sample_frames": ["s3://b/out/videos/x/frames/a-001-mp4.png"],
         "clearml_url": "file:///var/clearml/offline-1.zip",
         "report_uri": "s3://b/out/drift/reports/r.json",
+        "airflow_run_url": "http://af:8080/dags/framesift_drift/runs/scheduled__1",
     }
     msg = render_message(
         incident, {"event": "opened", "level": "critical"}, frame_url=lambda u: "https://signed/" + u[5:]
@@ -225,3 +226,18 @@ def test_alert_message_names_signal_threshold_window_videos_frames_plots_runbook
     assert "mmd2: 0.31 vs threshold 0.05" in text and "window 500 frames vs reference 1000 frames" in text
     assert "videos/cam1/a.mp4" in text and "https://signed/b/out/videos/x/frames/a-001-mp4.png" in text
     assert "ClearML drift plots: file:///var/clearml/offline-1.zip" in text and "Runbook" in text
+    assert "Airflow run: http://af:8080/dags/framesift_drift/runs/scheduled__1" in text
+    assert msg["airflow_run_url"] == "http://af:8080/dags/framesift_drift/runs/scheduled__1"
+
+
+def test_drift_sources_are_folders_by_default():
+    """Footage of another camera is not drift (issue #17, point 8): by default each video
+    folder is a source with its own window and reference, in the schema and the shipped YAML."""
+    from framesift.config.loading import DEFAULT_CONFIG_PATH, load_config
+    from framesift.config.schema import DriftConfig
+    from framesift.drift.monitor import source_of
+
+    assert DriftConfig().group_by == "folder" and load_config(DEFAULT_CONFIG_PATH).drift.group_by == "folder"
+    assert source_of("videos/cam1/a.mp4", DriftConfig()) == "videos/cam1/"
+    assert source_of("videos/cam2/b.mp4", DriftConfig()) == "videos/cam2/"
+    assert source_of("videos/cam2/b.mp4", DriftConfig(group_by="all")) == "all"

@@ -308,7 +308,9 @@ class DriftConfig(_Section):
     # the reference inferred by another model than the serving one is re-inferred with it;
     # false: the comparison is suspended (with the reason in the report) until it is fixed
     reference_reinfer: bool = True
-    group_by: Literal["all", "folder"] = "all"  # one window over everything, or one per video folder
+    # one window (and reference) per video folder, i.e. per camera/source: footage from
+    # another camera is not drift; "all": one window over everything
+    group_by: Literal["all", "folder"] = "folder"
     schedule: str | None = "0 * * * *"  # also run on this cron; null: only when new inference lands
     seed: int = 0
     uncertainty: DriftUncertaintyConfig = Field(default_factory=DriftUncertaintyConfig)

@@ -99,6 +99,7 @@ class RunLinks:
     run_id: str
     report_uri: str | None
     clearml_url: str | None
+    airflow_run_url: str | None = None  # the run's page in the Airflow UI
 
 
 def active_incident(db: Database, key: str) -> dict[str, Any] | None:
@@ -113,6 +114,7 @@ def update_incidents(
     run_id: str,
     report_uri: str | None = None,
     clearml_url: str | None = None,
+    airflow_run_url: str | None = None,
 ) -> dict[str, list[str]]:
     """Open, update, escalate or resolve incidents from one drift report; queue alerts.
 
@@ -127,7 +129,7 @@ def update_incidents(
         "resolved": [],
         "unchanged": [],
     }
-    links = RunLinks(run_id, report_uri, clearml_url)
+    links = RunLinks(run_id, report_uri, clearml_url, airflow_run_url)
     for window in report.get("windows", []):
         for family, level in window["families"].items():
             if level == INSUFFICIENT:
@@ -167,6 +169,7 @@ def _apply(db: Database, dc: DriftConfig, reading: Reading, links: RunLinks) -> 
                 "sample_frames": window.get("sample_frames", []),
                 "report_uri": links.report_uri,
                 "clearml_url": links.clearml_url,
+                "airflow_run_url": links.airflow_run_url,
                 "updated_at": now,
                 **{f"peak.{s['name']}": s["value"] for s in stats if _above_peak(inc, s)},
             },
@@ -242,6 +245,7 @@ def _open(db: Database, dc: DriftConfig, reading: Reading, links: RunLinks, now:
         "sample_frames": window.get("sample_frames", []),
         "report_uri": links.report_uri,
         "clearml_url": links.clearml_url,
+        "airflow_run_url": links.airflow_run_url,
         "run_ids": [links.run_id],
         "history": [{"at": now, "event": OPENED, "level": level}],
     }
@@ -413,6 +417,8 @@ def render_message(
     if links:
         lines.append("Sample frames (most drifted):")
         lines += [f"  {url}" for _, url in links]
+    if incident.get("airflow_run_url"):
+        lines.append(f"Airflow run: {incident['airflow_run_url']}")
     if incident.get("clearml_url"):
         lines.append(f"ClearML drift plots: {incident['clearml_url']}")
     if incident.get("report_uri"):
@@ -436,4 +442,5 @@ def render_message(
         "videos": videos,
         "sample_frames": [url for _, url in links],
         "clearml_url": incident.get("clearml_url"),
+        "airflow_run_url": incident.get("airflow_run_url"),
     }

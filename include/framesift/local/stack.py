@@ -278,6 +278,11 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def alive(pid: int) -> bool:
+    """True while process ``pid`` runs (not a zombie); False for pids <= 0."""
+    return pid > 0 and _alive(pid)
+
+
 def env_from_state() -> dict[str, str]:
     info = read_state()
     return info.env() if info else {}

@@ -117,6 +117,7 @@ class UpdateIncidentsOperator(DriftReportOperator):
             run_id=context["run_id"],
             report_uri=self.signals["report_uri"],
             clearml_url=self.signals.get("clearml_url"),
+            airflow_run_url=self.signals.get("airflow_run_url"),
         )
         for what, ids in changes.items():
             if ids:
