@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import uuid
+from urllib.parse import quote
 
 import pytest
 import yaml
@@ -143,9 +144,14 @@ def _run(dag):
     return dr, {ti.task_id: ti.state for ti in dr.get_task_instances()}
 
 
-def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(world, drift_dag, label_studio):
+def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(
+    world, drift_dag, label_studio, monkeypatch
+):
     db, listener, prefix = world["db"], world["listener"], world["prefix"]
     listener.status = 503  # on-call's webhook is down during the first run
+    # the api-server's public URL: alerts link pages a browser opens (never file://)
+    base = "http://airflow.example:8080"
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", base)
 
     dr, states = _run(drift_dag)
     assert states["deliver_alerts"] == "failed", states
@@ -153,7 +159,14 @@ def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(wor
     incidents = {d["_id"]: d for d in db[alerts.ALERTS].find()}
     sources = {d["source"][len(prefix) :] for d in incidents.values()}
     assert sources == set(SHIFTED), sources  # the unshifted cameras opened nothing
-    assert all(d["state"] == "open" and d["clearml_url"].startswith("file://") for d in incidents.values())
+    run_page = f"/framesift_drift/{quote(dr.run_id, safe='')}"
+    for d in incidents.values():
+        assert d["state"] == "open", d
+        assert d["clearml_url"] == f"{base}/framesift/clearml{run_page}", d["clearml_url"]
+        assert (
+            d["airflow_run_url"]
+            == f"{base}/dags{run_page.replace('/framesift_drift/', '/framesift_drift/runs/')}"
+        )
     pending = list(db[alerts.OUTBOX].find())
     assert len(pending) == len(incidents) and {p["state"] for p in pending} == {"pending"}
     assert listener.bodies == []

@@ -10,6 +10,7 @@ from typing import Any
 from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
+from framesift.inference.models import ModelError
 from framesift.inference.streaming import run_inference
 from framesift.ingest import registry
 from framesift.ingest.registry import (
@@ -56,15 +57,28 @@ def extract_and_infer_one(
 ) -> dict[str, Any]:
     """Claim a new video, extract its frames and run the detector over them as they are
     decoded (:mod:`framesift.inference.overlap`); record both stages. Bad input ends
-    ``quarantined``; a video another run already extracted is left to its ``infer`` task."""
+    ``quarantined``; a video another run already extracted is left to its ``infer`` task.
+    A model that does not load does not stop the extraction: the video is extracted alone
+    and its ``infer`` task fails on the model, so the failure is recorded where it is."""
+    from framesift.inference.detector import Detector  # torch loads only where a model runs
     from framesift.inference.overlap import extract_and_infer  # PyAV loads only where frames are decoded
+    from framesift.ingest.extract import extract_to_s3  # PyAV, as above
 
     done: dict[str, Any] = {}
 
     def extract_work():
         serving = serving_config(db, cfg, log)
+        model = detector
+        if model is None:
+            try:
+                model = Detector.from_config(serving, s3, log=log)
+            except ModelError as exc:
+                log.warning("%s: extracting without inference: the model does not load (%s)", ref.key, exc)
+                return extraction_outcome(
+                    ref, extract_to_s3(s3, ref.bucket, ref.key, ref.etag, cfg, work_dir=work_dir, log=log)
+                )
         manifest, summary = extract_and_infer(
-            s3, ref.bucket, ref.key, ref.etag, serving, work_dir=work_dir, detector=detector, log=log
+            s3, ref.bucket, ref.key, ref.etag, serving, work_dir=work_dir, detector=model, log=log
         )
         done["summary"] = summary
         return extraction_outcome(ref, manifest)
