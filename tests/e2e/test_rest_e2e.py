@@ -56,21 +56,7 @@ class Airflow(LocalAirflow):
     def start(self) -> None:
         super().start(standalone=STANDALONE)
 
-    # --- diagnostics -----------------------------------------------------------------
-    def tail(self, n: int = 60, components: tuple[str, ...] = ()) -> str:
-        """Last lines of the components' output (standalone prefixes its lines with the name)."""
-        out = []
-        for path in sorted(self.home.glob("*.log")):
-            lines = path.read_text(errors="replace").splitlines()
-            name = path.stem
-            if name == "standalone":
-                if components:
-                    lines = [ln for ln in lines if ln.split("|", 1)[0].strip() in components]
-            elif components and name not in components:
-                continue
-            out += [f"--- {path.name} (last lines) ---", *lines[-n:]]
-        return "\n".join(out) or "(no logs)"
-
+    # --- diagnostics (tail() is LocalAirflow's) -----------------------------------------
     def debug_report(self, run_id: str | None = None) -> str:
         parts = [self.tail(40, ("scheduler", "triggerer", "dag-processor"))]
         triggerer_logs = sorted((self.home / "logs").rglob("*trigger*"))
