@@ -303,17 +303,21 @@ def summarize(docs: list[dict[str, Any]], run_id: str | None = None) -> dict[str
     }
 
 
+def requeue_hint(key: str) -> str:
+    """How a person brings a video back after fixing a permanent cause."""
+    return (
+        f"`framesift videos requeue '{key}' --reason ...` (or the trigger form's requeue); "
+        "a changed config retries it by itself"
+    )
+
+
 def failure_item(doc: dict[str, Any]) -> dict[str, Any]:
     """One failed video as people read it: where, what, and what happens next."""
     err = doc.get("error") or {}
     stage = doc.get("failed_stage") or err.get("stage")
     runs = len(doc.get("attempt_runs") or []) or doc.get("attempts") or 0
     if err.get("kind") == PERMANENT:
-        then = (
-            f"not retried by itself: fix the cause ({err.get('fix') or 'see the error'}), then "
-            f"`framesift videos requeue '{doc['key']}' --reason ...` (or the trigger form's requeue); "
-            "a changed config retries it by itself"
-        )
+        then = f"not retried by itself: fix the cause ({err.get('fix') or 'see the error'}), then {requeue_hint(doc['key'])}"
     elif runs >= registry.MAX_ATTEMPTS:
         then = f"failed in {runs} runs: `framesift videos requeue '{doc['key']}'` once the cause is fixed"
     else:

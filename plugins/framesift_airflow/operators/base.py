@@ -70,17 +70,22 @@ def attempt_of(context, cfg):
 def framesift_hook(config_path):
     """The hook (config and clients). A config that does not load fails the task at once
     with the validation message: no retry can fix a YAML file."""
-    from airflow.sdk.exceptions import AirflowFailException
-
     from framesift.config.schema import ConfigError
     from framesift_airflow.hooks import FramesiftHook
 
     try:
         return FramesiftHook(config_path)
     except ConfigError as exc:
-        raise AirflowFailException(
-            f"the pipeline config does not load: {exc}. Fix the YAML (`framesift config` checks it)."
-        ) from None
+        raise config_failure(exc) from None
+
+
+def config_failure(exc: BaseException, more: str = ""):
+    """The task failure (no retries) for a pipeline config that does not load."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(
+        f"the pipeline config does not load: {exc}. Fix the YAML (`framesift config` checks it){more}."
+    )
 
 
 def work_dir(*parts: str) -> str:
@@ -139,13 +144,10 @@ class PerVideoOperator(ConfigOperator):
     def _failed(self, exc: BaseException, task: str) -> None:
         """A stage's exception: permanent ones fail at once, naming the fix and the requeue
         (raises); for transient ones it returns and the caller re-raises."""
+        from framesift.ingest.stage import requeue_hint
+
         key = self.video.get("key")
-        fail_fast(
-            exc,
-            f"{key}: {task} failed",
-            f" After the fix: `framesift videos requeue '{key}' --reason ...` (or trigger framesift_ingest "
-            "with requeue); a changed config retries it by itself.",
-        )
+        fail_fast(exc, f"{key}: {task} failed", f" After the fix: {requeue_hint(key)}.")
 
     def _route(
         self, context, outcome: dict[str, Any], ready: tuple[str, ...], later: tuple[str, ...] = ()

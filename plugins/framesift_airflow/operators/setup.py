@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from framesift_airflow.operators.base import ConfigOperator
+from framesift_airflow.operators.base import ConfigOperator, config_failure
 
 STORAGE, MONGO, MODEL, LABELING, TRIGGER = "storage", "mongo", "model", "labeling", "trigger"
 
@@ -43,11 +43,8 @@ class CheckSetupOperator(ConfigOperator):
         try:
             hook = FramesiftHook(self.config_path)
         except ConfigError as exc:
-            raise AirflowFailException(
-                f"the pipeline config does not load: {exc}. Fix the YAML (`framesift config` checks it); "
-                "every run fails here until it loads."
-                + ("".join(f"\n  {p}" for p in problems) if problems else "")
-            ) from None
+            listed = "".join(f"\n  {p}" for p in problems)
+            raise config_failure(exc, "; every run fails here until it loads" + listed) from None
         cfg = hook.config
 
         def guarded(key: str, check):
