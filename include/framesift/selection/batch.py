@@ -605,7 +605,7 @@ def _write_report(ctx, batch: Batch, inputs, result, prefix: str, shards, notes:
     bucket = ctx.cfg.storage.out_bucket
     with tempfile.TemporaryDirectory() as tmp:
         images = _example_images(ctx.s3, batch.docs, result.selected_names[:8])
-        labels = frame_labels(ctx.s3, batch.docs, result.selected_names[:MAX_TABLE_ROWS])
+        labels = frame_labels(inputs, result.selected[:MAX_TABLE_ROWS])
         index = build_report(
             result, inputs, Path(tmp) / "report", images=images, title=title, notes=notes, frame_labels=labels
         )

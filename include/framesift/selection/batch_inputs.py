@@ -15,7 +15,7 @@ from framesift.inference.predictions import load_video_outputs
 from framesift.io.labels import frames_with_class
 from framesift.io.s3 import get_json, parse_s3_uri
 from framesift.selection.datapool import SELECTIONS, Datapool
-from framesift.selection.inputs import DEFAULT_TASK, SelectionInputs
+from framesift.selection.inputs import DEFAULT_TASK, TIME_KEY, SelectionInputs
 from framesift.selection.spec import InputType, SelectionSpec, StrategyType, strategy_error
 
 # per-frame metadata extraction records in the manifest (``frame_metadata``), by the names
@@ -32,10 +32,13 @@ PIPELINE_METADATA = ("video", "frame_index", "shot", *(k.removeprefix("lightly."
 
 def read_inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> SelectionInputs:
     """The frames of the videos, one after the other; frame names are ``<video_id>/<name>``;
-    with the per-frame metadata the extraction recorded (shots are ``<video_id>:<shot>``)."""
+    with the per-frame metadata the extraction recorded (shots are ``<video_id>:<shot>``)
+    and each frame's time in its video (``time_s``, NaN where unknown; for the report, not
+    a METADATA key), all from one read of each video's manifest."""
     ids, videos, embs, preds = [], [], [], []
     metadata: dict[str, list] = {k: [] for k in ("shot", *FRAME_METADATA)}
     recorded: set[str] = set()  # the keys some video's extraction recorded
+    frame_times: list[float] = []
     schema: dict[str, Any] = {}
     for doc in docs:
         v_names, v_ids, emb, v_preds, schema = load_video_outputs(s3, cfg, doc)
@@ -43,7 +46,12 @@ def read_inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> Selectio
         videos += [doc["key"]] * len(v_names)
         embs.append(emb)
         preds += v_preds
-        per_frame = _frame_metadata(s3, doc)
+        manifest = _manifest(s3, doc)
+        per_frame = manifest.get("frame_metadata") or {}
+        times = dict(
+            zip(manifest.get("frame_names") or [], manifest.get("frame_timestamps_s") or [], strict=False)
+        )
+        frame_times += [float(times.get(name, np.nan)) for name in v_names]
         for m in per_frame.values():
             recorded.update(f"lightly.{k}" if f"lightly.{k}" in FRAME_METADATA else k for k in m)
         for name in v_names:
@@ -60,19 +68,21 @@ def read_inputs(s3, cfg: PipelineConfig, docs: list[dict[str, Any]]) -> Selectio
         categories=schema.get("categories"),
         task_name=docs[0]["inference"]["task_name"] if docs else DEFAULT_TASK,
         metadata={
-            k: np.asarray(v, dtype=object if k == "shot" else np.float64)
-            for k, v in metadata.items()
-            if k in recorded
-        }
-        or None,
+            **{
+                k: np.asarray(v, dtype=object if k == "shot" else np.float64)
+                for k, v in metadata.items()
+                if k in recorded
+            },
+            TIME_KEY: np.asarray(frame_times, dtype=np.float64),
+        },
     )
 
 
-def _frame_metadata(s3, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{frame name: {shot, sharpness, ...}}`` from the video's manifest ({} when none)."""
+def _manifest(s3, doc: dict[str, Any]) -> dict[str, Any]:
+    """The video's extraction manifest ({} when it has none)."""
     if not doc.get("manifest_uri"):
         return {}
-    return get_json(s3, *parse_s3_uri(doc["manifest_uri"])).get("frame_metadata") or {}
+    return get_json(s3, *parse_s3_uri(doc["manifest_uri"]))
 
 
 def space_of(doc: dict[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ import numpy as np
 from framesift.selection import scores as scoring
 
 DEFAULT_TASK = "object-detection"
+TIME_KEY = "time_s"  # metadata: each frame's time in its video (the report shows it; not a METADATA key)
 
 
 _NAME_RE = re.compile(r"^(?P<stem>.+)-(?P<index>\d+)-(?P<ext>[A-Za-z0-9_]+)\.[A-Za-z0-9]+$")

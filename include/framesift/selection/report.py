@@ -31,7 +31,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from matplotlib.patches import Rectangle
 
 from framesift.io import layout
 from framesift.io.s3 import join_key, put_bytes, s3_uri
-from framesift.selection.inputs import SelectionInputs
+from framesift.selection.inputs import TIME_KEY, SelectionInputs
 from framesift.selection.result import SIZE_ROWS, SelectionResult
 
 MAX_POINTS = 20_000
@@ -107,20 +107,16 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def frame_labels(s3, docs: list[dict[str, Any]], frame_ids: list[str]) -> dict[str, str]:
-    """Frame id -> ``"<video key> @ <time>"`` (the manifest's timestamps), for the report:
-    frames by their video's S3 key and time, not by the video id (a hash)."""
-    by_id = {d["_id"]: d for d in docs}
-    times: dict[str, dict[str, float]] = {}
+def frame_labels(inputs: SelectionInputs, frames: Sequence[int], time_key: str = TIME_KEY) -> dict[str, str]:
+    """Frame id -> ``"<video key> @ <time>"`` for the report: frames by their video's S3
+    key and time (``inputs.metadata[time_key]``, NaN where unknown), not by the video id."""
+    times = (inputs.metadata or {}).get(time_key)
     labels = {}
-    for fid in frame_ids:
-        vid, name = fid.split("/", 1)
-        doc = by_id.get(vid)
-        if doc is None:
-            continue
-        if vid not in times:
-            times[vid] = layout.frame_times(s3, doc.get("manifest_uri"))
-        labels[fid] = layout.frame_label(doc["key"], name, times[vid])
+    for i in frames:
+        fid = inputs.frame_names[int(i)]
+        name = fid.split("/", 1)[1]
+        t = None if times is None or not np.isfinite(times[int(i)]) else {name: float(times[int(i)])}
+        labels[fid] = layout.frame_label(inputs.video_keys[int(i)], name, t)
     return labels
 
 
