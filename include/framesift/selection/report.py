@@ -120,7 +120,9 @@ def frame_labels(inputs: SelectionInputs, frames: Sequence[int], time_key: str =
     return labels
 
 
-_CONTENT_TYPES = {"html": "text/html", "png": "image/png", "jpg": "image/jpeg", "json": "application/json"}
+# the charset in the header too: a client that reads only the header (requests, curl | less)
+# would otherwise decode the page as Latin-1 and garble non-ASCII video keys
+_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "png": "image/png", "jpg": "image/jpeg", "json": "application/json"}
 
 
 def upload_report(s3, folder: Path, bucket: str, prefix: str) -> str:
