@@ -45,8 +45,10 @@ once per incident, and sends the frames that show the change to labeling.
   normal windows.
 * **deliver_alerts**: sends the outbox (Slack-compatible webhook, SMTP) for new and
   escalated incidents, and whatever an earlier run could not send.
-* **queue_for_labeling**: the most drifted frames of each alarming window, as a labeling
-  sequence tagged `drift` (exactly once).
+* **queue_for_labeling**: selects the most drifted frames of each alarming window and
+  holds them for on-call (`framesift drift ack ID` approves, `--no-labeling` drops); sends
+  the approved ones as labeling sequences tagged `drift` (exactly once).
+  `drift.labeling.mode: auto` sends them at once.
 
 **When it fails**: a failed *deliver_alerts* names the channel and the error (connection
 missing, webhook down); the alert waits in Mongo `alert_outbox` and the next run sends it.

@@ -15,7 +15,7 @@ import yaml
 
 from framesift.config.loading import load_config
 from framesift.config.schema import ConfigError, PipelineConfig
-from framesift.drift import incidents
+from framesift.drift import incidents, response
 from framesift.drift.monitor import compute, format_report
 from framesift.ingest.damage import damage_summary, extraction_line
 from framesift.ingest.discovery import find_new_videos
@@ -254,14 +254,36 @@ def cmd_drift(args) -> int:
     s3, db = connect(cfg)
     if args.action == "ack":
         if not args.incident:
-            print("usage: framesift drift ack INCIDENT_ID", file=sys.stderr)
+            print("usage: framesift drift ack INCIDENT_ID [--no-labeling]", file=sys.stderr)
             return 2
-        doc = incidents.ack(db, args.incident, args.by or os.environ.get("USER") or "cli")
-        print(f"acked {doc['_id']}" if doc else f"no open incident {args.incident}")
-        return 0 if doc else 1
+        by = args.by or os.environ.get("USER") or "cli"
+        doc = incidents.ack(db, args.incident, by)
+        active = doc or db[incidents.ALERTS].find_one({"_id": args.incident, "state": incidents.ACKED})
+        if not active:
+            print(f"no open incident {args.incident}")
+            return 1
+        print(f"acked {args.incident}" if doc else f"{args.incident} was acked already")
+        for sel in response.decide_held(db, args.incident, label=not args.no_labeling, by=by):
+            n = len(sel["selected"])
+            if args.no_labeling:
+                print(f"  {sel['_id']}: {n} drifted frames of {sel['source']} dropped (not sent to labeling)")
+            else:
+                print(
+                    f"  {sel['_id']}: {n} drifted frames of {sel['source']} approved: the next "
+                    "framesift_drift run sends them to labeling (hourly, or trigger it)"
+                )
+        return 0
 
     print(format_report(compute(s3, db, cfg)))
     open_ones = incidents.open_incidents(db)
+    waiting = response.held(db)
+    if waiting:
+        print(
+            f"\ndrifted frames waiting for an ack (framesift drift ack ID; --no-labeling drops them): {len(waiting)}"
+        )
+        for sel in waiting:
+            ids = ", ".join(sel["labeling"].get("incident_ids") or [])
+            print(f"  {sel['_id']}  {len(sel['selected'])} frames of {sel['source']}  incidents {ids}")
     print(f"\nopen incidents: {len(open_ones)}")
     for inc in open_ones:
         values = ", ".join(
@@ -362,6 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["report", "ack"])
     p.add_argument("incident", nargs="?", help="ack: the incident id")
     p.add_argument("--by", help="ack: who is on it (default: $USER)")
+    p.add_argument(
+        "--no-labeling",
+        action="store_true",
+        help="ack: drop the drifted frames held for this incident instead of sending them to labeling",
+    )
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="run framesift_ingest on the embedded stack with sample videos")

@@ -1,7 +1,8 @@
 """Drift end to end on generated videos: extraction and real inference (the bundled
 detector) into the embedded stack, the signals per camera folder, then framesift_drift
 under dag.test(): incidents, the alert delivered to a local webhook after an outage, the
-ClearML plots, the drifted frames in Label Studio, and no duplicates on a second run.
+ClearML plots, the drifted frames held for on-call's ack, then in Label Studio once acked
+(and kept out when on-call drops them), and no duplicates on a second run.
 
 Two cameras (generated clips with their own scene each): the first 13 s of each is the
 reference (inferred first: "the earliest inferred videos"), the next 10 s is new footage;
@@ -182,15 +183,29 @@ def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(
     assert f"embeddings PCA ({prefix}cam1-night/)" in plots
     assert any(e["metric"] == "embedding: mmd2" for e in events if e["type"] == "training_stats_scalar")
 
-    # the drifted frames went to labeling: one sequence per alarming window, tagged drift
-    queued = list(db.labeling_queue.find({"tags": "drift"}))
-    assert len(queued) == len(SHIFTED) and all(q["state"] == "pushed" and q["n_frames"] == 4 for q in queued)
-    assert all(q["Name dataset"].startswith("drift-") and q["incident_ids"] for q in queued)
-    drift_sel = list(db.selections.find({"kind": "drift"}))
-    assert len(drift_sel) == len(SHIFTED) and all(s["datapool_uri"] for s in drift_sel)
+    # the drifted frames are selected (one selection per alarming window) and held for on-call:
+    # nothing reaches the labeling platform before someone triaged (drift.labeling.mode: ack)
+    drift_sel = {s["source"][len(prefix) :]: s for s in db.selections.find({"kind": "drift"})}
+    assert set(drift_sel) == set(SHIFTED) and all(s["datapool_uri"] for s in drift_sel.values())
+    assert all(s["labeling"]["state"] == "held" and s["labeling"]["incident_ids"] for s in drift_sel.values())
+    assert db.labeling_queue.count_documents({"tags": "drift"}) == 0
     tasks_before = _label_studio_tasks(label_studio)
+    out = _cli("drift", "report")
+    assert (
+        f"drifted frames waiting for an ack (framesift drift ack ID; --no-labeling drops them): {len(SHIFTED)}"
+        in out
+    )
 
-    # the webhook is back: the next run delivers each alert once, and duplicates nothing
+    # on-call triage: the night footage is real change (label it), the blurred camera needs a
+    # fix, not labels; the other shifts stay held
+    night, blur = f"{prefix}cam1-night/", f"{prefix}cam1-blur/"
+    night_inc = next(d["_id"] for d in incidents.values() if d["source"] == night)
+    blur_inc = next(d["_id"] for d in incidents.values() if d["source"] == blur)
+    assert "approved: the next framesift_drift run sends them to labeling" in _cli("drift", "ack", night_inc)
+    assert "dropped (not sent to labeling)" in _cli("drift", "ack", blur_inc, "--no-labeling")
+
+    # the webhook is back: the next run delivers each alert once, sends the approved frames
+    # (one sequence, tagged drift), keeps the dropped ones out and duplicates nothing
     listener.status = 200
     dr2, states2 = _run(drift_dag)
     assert dr2.state == "success", states2
@@ -198,21 +213,39 @@ def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(
     assert sorted(b["framesift"]["incident_id"] for b in listener.bodies) == sorted(incidents)
     body = listener.bodies[0]
     assert "Runbook" in body["text"] and "threshold" in body["text"] and body["framesift"]["sample_frames"]
+    assert "framesift drift ack" in body["text"] and "--no-labeling" in body["text"]
     assert {d["_id"] for d in db[alerts.ALERTS].find()} == set(incidents)
     assert db[alerts.OUTBOX].count_documents({"state": "sent"}) == len(incidents)
-    assert db.labeling_queue.count_documents({"tags": "drift"}) == len(SHIFTED)
-    assert _label_studio_tasks(label_studio) == tasks_before
+    (queued,) = db.labeling_queue.find({"tags": "drift"})
+    assert (
+        queued["state"] == "pushed"
+        and queued["n_frames"] == 4
+        and queued["Name dataset"].startswith("drift-")
+    )
+    assert night_inc in queued["incident_ids"] and queued["drift"]["source"] == night
+    states = {s["source"]: s["labeling"]["state"] for s in db.selections.find({"kind": "drift"})}
+    assert states.pop(night) == "pushed" and states.pop(blur) == "dismissed"
+    assert set(states.values()) == {"held"}
+    assert _label_studio_tasks(label_studio) == tasks_before + 1
 
     # the CLI shows the signals and the open incidents
-    out = subprocess.run(
-        [sys.executable, "-m", "framesift.cli", "drift", "report"],
+    out = _cli("drift", "report")
+    assert f"open incidents: {len(incidents)}" in out and f"source {prefix}cam1-blur/" in out
+    assert "embedding" in out and "mmd2" in out
+    assert (
+        f"drifted frames waiting for an ack (framesift drift ack ID; --no-labeling drops them): {len(SHIFTED) - 2}"
+        in out
+    )
+
+
+def _cli(*args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "framesift.cli", *args],
         env=dict(os.environ),
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert f"open incidents: {len(incidents)}" in out and f"source {prefix}cam1-blur/" in out
-    assert "embedding" in out and "mmd2" in out
 
 
 def _label_studio_tasks(info) -> int:

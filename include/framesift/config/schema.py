@@ -296,8 +296,11 @@ class DriftAlertsConfig(_Section):
 
 
 class DriftLabelingConfig(_Section):
-    enabled: bool = True  # send the most drifted frames of an alarming window to labeling
+    enabled: bool = True  # select the most drifted frames of an alarming window for labeling
     n_samples: int = Field(20, ge=1)
+    # ack: the selected frames wait for on-call (`framesift drift ack ID` sends them, with
+    # --no-labeling drops them: a broken camera needs a fix, not labels); auto: sent at once
+    mode: Literal["ack", "auto"] = "ack"
 
 
 class DriftConfig(_Section):

@@ -4,7 +4,7 @@
   committee disagreement) over plain arrays, each with its threshold and level
 - ``monitor``: the reference and the windows read from the registry and S3; the report
 - ``incidents``: incidents in Mongo (one per family and source), the alert outbox
-- ``response``: drifted frames queued for labeling
+- ``response``: drifted frames selected for labeling, held for an on-call ack (or sent at once)
 """
 
 from __future__ import annotations

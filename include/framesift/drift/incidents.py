@@ -51,11 +51,13 @@ SEND_LEASE = timedelta(minutes=5)
 RUNBOOK = (
     "1. Open the sample frames: is the scene really different (night, blur, camera moved, new objects)?\n"
     "2. Open the ClearML drift plots: which signal moved, on which videos, since when.\n"
-    "3. Real change that stays: the most drifted frames are already queued for labeling "
-    "(sequences tagged `drift`); get them labeled, retraining picks them up.\n"
-    "4. Broken camera or pipeline (all dark, frozen, blurred): fix the source; the incident "
-    "resolves itself after a few normal windows.\n"
-    "5. Ack it (`framesift drift ack <id>`) so others know someone is on it. See docs/operations.md, section On-call: drift alerts."
+    "3. Real change that stays: ack it (`framesift drift ack <id>`); the most drifted frames, "
+    "selected and held for your ack, go to labeling on the next drift run (sequences tagged "
+    "`drift`; with drift.labeling.mode: auto they are queued already); retraining picks them up.\n"
+    "4. Broken camera or pipeline (all dark, frozen, blurred): fix the source and drop the held "
+    "frames (`framesift drift ack <id> --no-labeling`); the incident resolves itself after a few "
+    "normal windows.\n"
+    "5. Either way the ack tells others someone is on it. See docs/operations.md, section On-call: drift alerts."
 )
 
 

@@ -9,6 +9,11 @@ pushed through the same exactly-once path as ingest (``labeling.queue.push_exact
 as a sequence titled ``drift-...`` whose queue record carries ``tags: ["drift"]``, which
 is how the labels/retraining loop tells drift data apart.
 
+With ``drift.labeling.mode: ack`` (the default) the picked frames wait for on-call: the
+selection record's ``labeling.state`` is ``held`` until ``framesift drift ack ID`` approves
+it (``approved``; the next run pushes it, ``pushed``) or drops it with ``--no-labeling``
+(``dismissed``: a broken camera needs a fix, not labels). ``auto`` pushes at once.
+
 Idempotent: the selection id is a hash of the window and source, so a duplicate run or a
 retry finds the finished selection and the queue's keys prevent a second push.
 """
@@ -20,6 +25,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
@@ -44,6 +50,8 @@ log = logging.getLogger("framesift.drift_response")
 
 TAG = "drift"
 SCORE = "drift_score"
+# labeling.state of a drift selection
+HELD, APPROVED, DISMISSED, PUSHED = "held", "approved", "dismissed", "pushed"
 
 
 def drift_selection_id(window: dict[str, Any]) -> str:
@@ -188,14 +196,30 @@ def respond(
     run_id: str,
     owner: str | Attempt,
 ) -> list[dict[str, Any]]:
-    """For every alarming window with an active incident: select and push its drifted frames.
+    """For every alarming window with an active incident: select its drifted frames, and
+    push them (mode ``auto``) or hold them for an on-call ack (mode ``ack``); then push
+    the held selections on-call approved since.
 
     ``backend_factory()`` makes the labeling backend (only called when there is work).
-    Returns one summary per window: selection id, frames, queue record ids.
+    Returns one summary per window: selection id, frames, labeling state, queue record ids.
     """
-
     out = []
     backend = None
+
+    def push(selection: dict[str, Any], incident_ids: list[str]) -> dict[str, Any]:
+        nonlocal backend
+        backend = backend or backend_factory()
+        records = push_drifted(s3, db, cfg, selection, backend, owner=owner, incident_ids=incident_ids)
+        _set_labeling(db, selection["_id"], PUSHED)
+        return {
+            "source": selection["source"],
+            "selection_id": selection["_id"],
+            "frames": len(selection["selected"]),
+            "labeling": PUSHED,
+            "queue_ids": [r["_id"] for r in records],
+            "incidents": incident_ids,
+        }
+
     for window in report.get("windows", []):
         if window["level"] not in (WARNING, CRITICAL):
             continue
@@ -208,15 +232,82 @@ def respond(
         selection = select_drifted(s3, db, cfg, window, run_id=run_id)
         if not selection.get("selected"):
             continue
-        backend = backend or backend_factory()
-        records = push_drifted(s3, db, cfg, selection, backend, owner=owner, incident_ids=incident_ids)
+        if cfg.drift.labeling.mode == "auto":
+            out.append(push(selection, incident_ids))
+            continue
+        state = _hold(db, selection["_id"], incident_ids)
+        if state == HELD:
+            log.info(
+                "drift selection %s: %d frames of %s held until on-call acks one of %s "
+                "(framesift drift ack ID; --no-labeling drops them)",
+                selection["_id"],
+                len(selection["selected"]),
+                window["source"],
+                ", ".join(incident_ids) or "its incidents",
+            )
         out.append(
             {
-                "source": window["source"],
+                "source": selection["source"],
                 "selection_id": selection["_id"],
                 "frames": len(selection["selected"]),
-                "queue_ids": [r["_id"] for r in records],
+                "labeling": state,
+                "queue_ids": [],
                 "incidents": incident_ids,
             }
         )
+    done = {item["selection_id"] for item in out if item["labeling"] == PUSHED}
+    for selection in db[SELECTIONS].find({"kind": TAG, "labeling.state": APPROVED}):
+        if selection["_id"] not in done:
+            item = push(selection, list(selection["labeling"].get("incident_ids") or []))
+            out = [o for o in out if o["selection_id"] != selection["_id"]] + [item]
     return out
+
+
+def _hold(db: Database, sid: str, incident_ids: list[str]) -> str:
+    """Record that the selection waits for an ack (unless on-call decided already); its state."""
+    db[SELECTIONS].update_one(
+        {"_id": sid, "labeling.state": {"$exists": False}},
+        {"$set": {"labeling.state": HELD, "labeling.held_at": registry.now()}},
+    )
+    doc = db[SELECTIONS].find_one_and_update(
+        {"_id": sid},
+        {"$addToSet": {"labeling.incident_ids": {"$each": list(incident_ids)}}},
+        return_document=ReturnDocument.AFTER,
+    )
+    return doc["labeling"]["state"]
+
+
+def _set_labeling(db: Database, sid: str, state: str, **fields: Any) -> None:
+    db[SELECTIONS].update_one(
+        {"_id": sid},
+        {
+            "$set": {
+                "labeling.state": state,
+                f"labeling.{state}_at": registry.now(),
+                **{f"labeling.{k}": v for k, v in fields.items()},
+            }
+        },
+    )
+
+
+def decide_held(db: Database, incident_id: str, *, label: bool, by: str) -> list[dict[str, Any]]:
+    """On-call's decision on the frames held for an incident: ``label`` approves them (the
+    next drift run pushes them), otherwise they are dropped. Returns the selections changed
+    (pushed ones are not: they are on the platform already)."""
+    state = APPROVED if label else DISMISSED
+    changed = []
+    for doc in db[SELECTIONS].find(
+        {
+            "kind": TAG,
+            "labeling.incident_ids": incident_id,
+            "labeling.state": {"$in": [HELD, APPROVED, DISMISSED]},
+        }
+    ):
+        _set_labeling(db, doc["_id"], state, decided_by=by)
+        changed.append(db[SELECTIONS].find_one({"_id": doc["_id"]}))
+    return changed
+
+
+def held(db: Database) -> list[dict[str, Any]]:
+    """Drift selections waiting for an on-call decision, oldest first."""
+    return list(db[SELECTIONS].find({"kind": TAG, "labeling.state": HELD}).sort("created_at", 1))

@@ -184,7 +184,20 @@ class DriftLabelingOperator(DriftReportOperator):
             owner=attempt_of(context, hook.config),  # a retry never pushes beside a zombie try
         )
         for item in out:
-            self.log.info(
-                "queued %d drifted frames of %s: %s", item["frames"], item["source"], item["queue_ids"]
-            )
+            if item["queue_ids"]:
+                self.log.info(
+                    "queued %d drifted frames of %s: %s", item["frames"], item["source"], item["queue_ids"]
+                )
+            elif item["labeling"] == "held":
+                self.log.info(
+                    "%d drifted frames of %s wait for an on-call ack: framesift drift ack %s sends "
+                    "them to labeling (--no-labeling drops them)",
+                    item["frames"],
+                    item["source"],
+                    " | ".join(item["incidents"]) or "<incident>",
+                )
+            else:
+                self.log.info(
+                    "%d drifted frames of %s: %s by on-call", item["frames"], item["source"], item["labeling"]
+                )
         return out
