@@ -20,6 +20,10 @@ without an error). Those frames are flagged: listed in ``damaged_frames``, count
 ``frames_damaged``, with the first error's text and the time ranges affected; by default
 (``extraction.damaged_frames: exclude``) they are written but kept out of inference and
 selection, ``include`` treats them as clean, ``drop`` does not write them.
+
+Size (~630 lines): one decode loop (:class:`_Extraction`) with its decode plan, damage
+tracking and writer pool, whose state is shared step by step; the packet index and the
+damage rules live in :mod:`framesift.ingest.packets` and :mod:`framesift.ingest.damage`.
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ errors -> BackendError. The SSH key is never logged or put into a message.
 
 Tested against a fake at the SDK boundary (tests/unit/test_labeling.py; see the
 docstring there for what that proves and what it does not): no local Encord server exists.
+
+Size (~600 lines): one backend class against one SDK; the upload-job steps described
+above (start, record, wait, recover) are most of it and belong together.
 """
 
 from __future__ import annotations

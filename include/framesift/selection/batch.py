@@ -9,6 +9,10 @@ retry finds the finished selection and returns it.
 A batch over ``selection.shard_max_frames`` frames is planned into shards
 (:func:`plan_selection`), each selected on its own worker (:func:`select_one_shard`), and
 merged by :func:`select_batch`.
+
+Size (~650 lines): the stage's three entry points (plan, one shard, the batch/merge)
+share the claims, leases and the ``_finish`` step that records the outcome; the engine,
+shards, datapool and report it calls live in their own modules.
 """
 
 from __future__ import annotations

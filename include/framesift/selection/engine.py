@@ -56,6 +56,10 @@ DIVERSITY x WEIGHTS x BALANCE on 2 shared cores: 41-56 s wall (38-40 s CPU) with
 load average of 2-4 from other work, about 25 s on a quieter machine; peak RSS 1.6x the
 matrix, of which select's own allocations are 0.2x (bench/bench_selection.py).
 TYPICALITY costs O(N x 10,000 x D) once.
+
+Size (~600 lines): one greedy loop, :class:`SelectionRun`, with the state it keeps
+(candidates, distances, balance counts, per-step values); the objectives' values come
+from their own modules, and splitting the loop itself would spread one state over files.
 """
 
 from __future__ import annotations
