@@ -25,7 +25,7 @@ def make_request(n_frames=3, *, video_id="vid1", selection_id="sel1", backend="l
 
 
 class FakeBackend:
-    """A platform in memory: one task per sequence, found by key; counts pushes; can fail
+    """A platform in memory: one task per sequence, found by key in its project; counts pushes; can fail
     on demand. Like Label Studio it lists, then creates (``before_create`` runs between
     the two, so a test can stall an attempt there); ``tasks`` keeps every task ever
     created (a duplicate shows as two tasks with one key), ``deleted`` the ones removed."""
@@ -41,13 +41,6 @@ class FakeBackend:
         self.fail_push: Exception | None = None
         self.before_create = None  # callable(request), e.g. to stall a zombie
         self.status: dict[str, SequenceStatus] = {}
-
-    @property
-    def sequences(self) -> dict[str, PushedSequence]:
-        out = {}
-        for task in self.tasks:
-            out.setdefault(task["key"], self._as_pushed(task))
-        return out
 
     def _as_pushed(self, task):
         return PushedSequence(
@@ -67,9 +60,9 @@ class FakeBackend:
         if self.fail_push:
             raise self.fail_push
         self.pushes += 1
-        existing = [t for t in self.tasks if t["key"] == request.idempotency_key]
+        existing = self._find(request.idempotency_key, request.project)
         if existing:
-            return self._as_pushed(existing[0])
+            return existing
         guard.begin(1)
         if self.before_create is not None:
             self.before_create(request)
@@ -77,6 +70,7 @@ class FakeBackend:
         task = {
             "id": f"t{len(self.tasks) + 1}",
             "key": request.idempotency_key,
+            "project": request.project,
             "n_frames": len(request.frame_names),
         }
         self.tasks.append(task)
@@ -88,9 +82,14 @@ class FakeBackend:
             raise
         return self._as_pushed(task)
 
-    def find_sequence(self, key):
+    def find_sequence(self, key, project=""):
         self.finds += 1
-        return self.sequences.get(key)
+        return self._find(key, project)
+
+    def _find(self, key, project):
+        return next(
+            (self._as_pushed(t) for t in self.tasks if (t["key"], t["project"]) == (key, project)), None
+        )
 
     def sequence_status(self, ids):
         if ids[0] not in self.status:

@@ -37,6 +37,7 @@ from framesift.labeling.base import (
 from framesift.labeling.factory import get_backend
 from framesift.labeling.label_studio.tasks import px_to_ls
 from framesift.local.synth import make_video
+from tests.fakes import Crash
 
 pytestmark = pytest.mark.slow
 
@@ -374,6 +375,103 @@ def _project_id(api, cfg):
     data = api.get("/api/projects", params={"title": cfg.labeling.project_name}).json()
     (project,) = [p for p in data["results"] if p["title"] == cfg.labeling.project_name]
     return project["id"]
+
+
+@pytest.fixture(scope="module")
+def folder_clips(stack, s3, clip, tmp_path_factory):
+    """Two 2 s clips in two camera folders under the clip's videos prefix, extracted at 1 fps."""
+    cfg = parse_config(clip["base"])
+    work = tmp_path_factory.mktemp("folders")
+    out = []
+    for folder in ("cam1", "cam2"):
+        key = f"{cfg.storage.videos_prefix}{folder}/gate.mp4"
+        upload(s3, make_video(work / f"{folder}.mp4", seconds=2, fps=25), stack.bucket, key)
+        manifest = extract_to_s3(s3, stack.bucket, key, head(s3, stack.bucket, key).etag, cfg, work_dir=work)
+        out.append({"folder": folder, "key": key, "manifest": manifest})
+    return out
+
+
+def folder_request(cfg, video):
+    m = video["manifest"]
+    return build_request(
+        cfg,
+        selection_id="sel-folders",
+        video_id=m["video_id"],
+        video_key=video["key"],
+        frame_names=m["frame_names"],
+        predictions=predictions_for(m["frame_names"]),
+        schema=SCHEMA,
+    )
+
+
+def test_project_per_folder_makes_one_project_per_folder_and_pushes_once(
+    label_studio, api, clip, folder_clips, s3, db
+):
+    """``labeling.project_per: folder`` (issue #17, the labeler's view): each camera folder
+    gets its own project; a retry, also one that recovers after a crash, looks in the
+    record's project and creates no second task."""
+    name = f"pf-{uuid.uuid4().hex[:8]}"
+    cfg = parse_config({**clip["base"], "labeling": {"project_name": name, "project_per": "folder"}})
+    cam1, cam2 = folder_clips
+    backend = backend_for(cfg, label_studio, s3)
+    rec1 = lq.push_exactly_once(db, backend, folder_request(cfg, cam1))
+
+    def die(_pushed):
+        raise Crash()
+
+    with pytest.raises(Crash):  # cam2: the worker dies between the platform call and the record
+        lq.push_exactly_once(db, backend, folder_request(cfg, cam2), owner="push-cam2", after_push=die)
+    pending = db[lq.COLLECTION].find_one({"video_key": cam2["key"]})
+    assert pending["state"] == lq.PENDING and pending["project"] == f"{name} / cam2"
+    # the retry, by a fresh worker: found in cam2's project, not pushed again
+    rec2 = lq.push_exactly_once(
+        db, backend_for(cfg, label_studio, s3), folder_request(cfg, cam2), owner="push-cam2"
+    )
+    assert rec2["state"] == lq.PUSHED and rec2["recovered"] is True
+
+    projects = {p["title"]: p for p in _projects(api) if p["title"].startswith(name)}
+    assert sorted(projects) == [f"{name} / cam1", f"{name} / cam2"]
+    for rec, video in ((rec1, cam1), (rec2, cam2)):
+        project = projects[f"{name} / {video['folder']}"]
+        assert rec["project"] == project["title"] and rec["project_id"] == str(project["id"])
+        assert rec["url"].startswith(f"{label_studio.url}/projects/{project['id']}/data?task=")
+        assert project["parsed_label_config"]["boxes"]["labels"] == CLASSES
+        (task,) = api.tasks(project["id"])
+        assert [str(task["id"])] == rec["backend_ids"] and task["data"]["video_key"] == video["key"]
+
+    # pushing both again (another run, another worker) creates nothing
+    again = backend_for(cfg, label_studio, s3)
+    for rec, video in ((rec1, cam1), (rec2, cam2)):
+        assert (
+            lq.push_exactly_once(db, again, folder_request(cfg, video))["backend_ids"] == rec["backend_ids"]
+        )
+        assert len(api.tasks(rec["project_id"])) == 1
+    assert db[lq.COLLECTION].count_documents({}) == 2
+
+
+def test_two_pushes_creating_the_same_new_project_keep_one(label_studio, api, cfg, s3):
+    """Two mapped pushes of a new folder may both miss its project and create it: both end
+    in the oldest, and the other one is deleted."""
+    first = backend_for(cfg, label_studio, s3)
+    second = backend_for(cfg, label_studio, s3)
+    find = second._find_project
+    blind = []
+
+    def find_after_the_first_missed_it(title):
+        if not blind:
+            blind.append(title)
+            return None  # listed before the first push's project existed
+        return find(title)
+
+    second._find_project = find_after_the_first_missed_it
+    ref1 = first.ensure_project(CLASSES)
+    ref2 = second.ensure_project(CLASSES)
+    assert blind and ref2.id == ref1.id
+    assert [p["id"] for p in _projects(api) if p["title"] == cfg.labeling.project_name] == [int(ref1.id)]
+
+
+def _projects(api):
+    return api.get("/api/projects", params={"page_size": 1000}).json()["results"]
 
 
 def test_platform_down_is_backend_unavailable(cfg, clip, s3, db):

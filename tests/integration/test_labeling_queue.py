@@ -75,6 +75,33 @@ def test_crash_between_push_and_record_is_recovered_without_a_second_push(qdb):
     assert done["attempts"] == 2
 
 
+def test_a_retry_looks_and_pushes_in_the_project_of_the_record(qdb):
+    """The record keeps the project its first try chose (``labeling.project_per``); a retry
+    goes there even when the config now names another one."""
+    from dataclasses import replace
+
+    backend = FakeBackend()
+
+    def die(_pushed):
+        raise Crash()
+
+    first = replace(make_request(), project="fs / cam1")
+    with pytest.raises(Crash):
+        lq.push_exactly_once(qdb, backend, first, owner="task-a", after_push=die)
+    assert qdb[lq.COLLECTION].find_one({})["project"] == "fs / cam1"
+    done = lq.push_exactly_once(qdb, backend, replace(first, project="fs"), owner="task-a")
+    assert done["recovered"] is True and done["project"] == "fs / cam1" and len(backend.tasks) == 1
+
+    # crashed before the platform call: the retry pushes, into the record's project
+    backend.fail_push = BackendUnavailable("down")
+    second = replace(make_request(video_id="vid2"), project="fs / cam2")
+    with pytest.raises(BackendUnavailable):
+        lq.push_exactly_once(qdb, backend, second)
+    backend.fail_push = None
+    lq.push_exactly_once(qdb, backend, replace(second, project="fs"))
+    assert [t["project"] for t in backend.tasks] == ["fs / cam1", "fs / cam2"]
+
+
 def test_crash_before_the_push_pushes_on_retry(qdb):
     backend = FakeBackend()
     backend.fail_push = BackendUnavailable("down")

@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framesift.config.loading import parse_config
+from framesift.config.schema import ConfigError
 from framesift.labeling import base
 from framesift.labeling.base import (
     DONE,
@@ -210,6 +211,50 @@ def test_build_request_sorts_frames_filters_classes_and_keys_by_backend():
         for b in ("label_studio", "encord")
     }
     assert len(keys) == 8 and all(k.startswith("fs-") for k in keys)
+
+
+def test_project_per_folder_names_a_project_per_video_folder():
+    """One Label Studio project per folder below the videos prefix (issue #17, the labeler's view)."""
+    from framesift.config.loading import DEFAULT_CONFIG_PATH, load_config
+    from framesift.io.layout import folder_under, video_folder
+
+    assert video_folder("videos/cam1/a.mp4") == "videos/cam1/" and video_folder("a.mp4") == ""
+    assert folder_under("videos/cam1/day2/a.mp4", "videos/") == "cam1/day2"
+    assert (
+        folder_under("videos/a.mp4", "videos") == "" and folder_under("other/x/a.mp4", "videos/") == "other/x"
+    )
+    assert folder_under("cam1/a.mp4", "") == "cam1"
+
+    default = parse_config({"labeling": {"project_name": "fs"}})
+    assert (
+        default.labeling.project_per == "none"
+        and load_config(DEFAULT_CONFIG_PATH).labeling.project_per == "none"
+    )
+    assert base.project_for(default, "videos/cam1/a.mp4") == "fs"  # today's behaviour
+    cfg = parse_config({"labeling": {"project_name": "fs", "project_per": "folder"}})
+    assert base.project_for(cfg, "videos/cam1/a.mp4") == "fs / cam1"
+    assert base.project_for(cfg, "videos/cam2/b.mp4") == "fs / cam2"
+    assert base.project_for(cfg, "videos/a.mp4") == "fs"  # directly under the prefix
+    req = build_request(cfg, selection_id="s", video_id="v", video_key="videos/cam1/a.mp4", frame_names=[])
+    assert req.project == "fs / cam1"
+    # Label Studio titles are at most 50 characters: long ones are cut, distinct by a hash
+    long_a = base.project_for(cfg, "videos/" + "north-gate-" * 5 + "a/x.mp4")
+    long_b = base.project_for(cfg, "videos/" + "north-gate-" * 5 + "b/x.mp4")
+    assert len(long_a) == len(long_b) == base.PROJECT_TITLE_MAX_LEN and long_a != long_b
+    assert long_a.startswith("fs / north-gate-")
+
+
+def test_project_per_folder_is_refused_with_encord():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"labeling": {"backend": "encord", "project_per": "folder"}}, "pipeline.yaml")
+    msg = str(err.value)
+    assert (
+        msg.startswith("pipeline.yaml: labeling:")
+        and "project_per: folder needs labeling.backend: label_studio" in msg
+    )
+    assert parse_config({"labeling": {"backend": "encord"}}).labeling.project_per == "none"
+    with pytest.raises(ConfigError, match="labeling.project_per: Input should be 'none' or 'folder'"):
+        parse_config({"labeling": {"project_per": "prefix"}})
 
 
 def test_image_size_reads_png_and_jpeg_headers():

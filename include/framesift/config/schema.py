@@ -168,8 +168,20 @@ class SelectionConfig(_Section):
 class LabelingConfig(_Section):
     backend: Literal["label_studio", "encord"] = "label_studio"
     project_name: str = "framesift"
+    # none: every video in project_name; folder: a project "<project_name> / <folder>" per video
+    # folder below storage.videos_prefix (videos directly under it stay in project_name)
+    project_per: Literal["none", "folder"] = "none"
     labeler: str | None = None
     reviewer: str | None = None
+
+    @model_validator(mode="after")
+    def _encord_has_one_project(self) -> LabelingConfig:
+        if self.backend == "encord" and self.project_per != "none":
+            raise ValueError(
+                f"labeling.project_per: {self.project_per} needs labeling.backend: label_studio; "
+                "the Encord backend keeps every video in labeling.project_name (set project_per: none)"
+            )
+        return self
 
 
 class TrackingConfig(_Section):

@@ -24,6 +24,7 @@ from framesift.drift.signals import FAMILIES, INSUFFICIENT, FrameSet, evaluate, 
 from framesift.inference import predictions
 from framesift.inference.predictions import load_video_outputs
 from framesift.ingest import registry
+from framesift.io.layout import video_folder
 from framesift.io.s3 import get_json, join_key, parse_s3_uri
 from framesift.tracking.clearml import RunSpec
 
@@ -144,7 +145,8 @@ def reinferred_frames(
 
 def source_of(key: str, dc: DriftConfig) -> str:
     """The source a video belongs to: ``all``, or its folder (``group_by: folder``)."""
-    return key.rsplit("/", 1)[0] + "/" if dc.group_by == "folder" and "/" in key else "all"
+    folder = video_folder(key)
+    return folder if dc.group_by == "folder" and folder else "all"
 
 
 def collect(s3, db, cfg: PipelineConfig) -> tuple[FrameSet, dict[str, FrameSet], dict[str, Any]]:

@@ -33,6 +33,22 @@ def video_ext(key: str) -> str:
     return _UNSAFE.sub("_", ext) or "video"
 
 
+def video_folder(key: str) -> str:
+    """The folder of a video's S3 key, with its slash: ``"videos/cam1/"`` for
+    ``videos/cam1/a.mp4`` ("" for a key at the bucket root). A folder is a source (a camera):
+    drift keeps a window per folder, labeling can keep a project per folder."""
+    return key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+
+
+def folder_under(key: str, prefix: str) -> str:
+    """A video's folder below ``prefix``, without the outer slashes: ``"cam1"`` for
+    ``videos/cam1/a.mp4`` under ``videos/``; "" for a video directly under the prefix; the
+    whole folder for a key outside it."""
+    folder = video_folder(key)
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    return folder.removeprefix(prefix).strip("/")
+
+
 def video_prefix(cfg: PipelineConfig, vid: str) -> str:
     return join_key(cfg.storage.output_prefix, "videos", vid)
 

@@ -112,7 +112,8 @@ class SequenceRequest:
 
     ``frame_names`` are in time order (``build_request`` sorts them by frame index);
     ``predictions`` maps a frame name to its boxes (classes outside ``classes`` are left
-    out of the pre-annotations).
+    out of the pre-annotations); ``project`` names the platform project it goes to
+    (:func:`project_for`; "": the backend's own).
     """
 
     idempotency_key: str
@@ -130,6 +131,7 @@ class SequenceRequest:
     # for the labeler: each frame's time in the video (seconds) and why it was selected
     frame_times_s: dict[str, float] = field(default_factory=dict)
     frame_reasons: dict[str, str] = field(default_factory=dict)
+    project: str = ""
 
     def frame_key(self, name: str) -> str:
         return f"{self.frames_prefix.rstrip('/')}/{name}"
@@ -248,8 +250,8 @@ class LabelingBackend(Protocol):
         each chunk's platform object inside ``guard`` (see :class:`CreateGuard`)."""
         ...
 
-    def find_sequence(self, idempotency_key: str) -> PushedSequence | None:
-        """The complete sequence with this key on the platform, or None."""
+    def find_sequence(self, idempotency_key: str, project: str = "") -> PushedSequence | None:
+        """The complete sequence with this key in ``project`` ("": the backend's own), or None."""
         ...
 
     def sequence_status(self, ids: Sequence[str]) -> SequenceStatus:
@@ -268,6 +270,26 @@ def idempotency_key(selection_id: str, video_id: str, backend: str) -> str:
     """The key of one video's push in one selection to one backend (stable, short)."""
     digest = hashlib.sha256(f"{selection_id}\x00{video_id}\x00{backend}".encode()).hexdigest()
     return f"fs-{digest[:24]}"
+
+
+PROJECT_TITLE_MAX_LEN = 50  # Label Studio's limit on a project title (PROJECT_TITLE_MAX_LEN)
+
+
+def project_for(cfg: PipelineConfig, video_key: str) -> str:
+    """The labeling project of a video: ``labeling.project_name``, or with ``project_per:
+    folder`` ``"<project_name> / <folder>"``, the folder below ``storage.videos_prefix``
+    (videos directly under it stay in ``project_name``). A name over
+    :data:`PROJECT_TITLE_MAX_LEN` characters is cut and ends with a hash of the whole name,
+    so that two long folders never share a project."""
+    name = cfg.labeling.project_name
+    folder = layout.folder_under(video_key, cfg.storage.videos_prefix)
+    if cfg.labeling.project_per != "folder" or not folder:
+        return name
+    title = f"{name} / {folder}"
+    if len(title) <= PROJECT_TITLE_MAX_LEN:
+        return title
+    digest = hashlib.sha256(title.encode()).hexdigest()[:8]
+    return f"{title[: PROJECT_TITLE_MAX_LEN - len(digest) - 1]}~{digest}"
 
 
 def frame_index(name: str) -> int:
@@ -325,7 +347,7 @@ def build_request(
     name; ``schema``: the Lightly ``schema.json`` (``{"task_type", "categories": [{"id",
     "name"}]}``). The classes of the project are ``important_classes``, or all the schema's
     categories when that list is empty. The title is the video's S3 key (what a labeler
-    knows it by), unless ``title`` is given.
+    knows it by), unless ``title`` is given; the project is :func:`project_for` the key.
     """
     names = time_order(frame_names)
     categories = {int(c["id"]): str(c["name"]) for c in (schema or {}).get("categories", [])}
@@ -358,6 +380,7 @@ def build_request(
         metadata=dict(metadata or {}),
         frame_times_s={n: float(t) for n, t in (frame_times_s or {}).items() if n in selected},
         frame_reasons={n: str(r) for n, r in (frame_reasons or {}).items() if n in selected},
+        project=project_for(cfg, video_key),
     )
 
 

@@ -328,7 +328,8 @@ class EncordBackend:
             extra={"n_chunks": len(ordered)},
         )
 
-    def find_sequence(self, idempotency_key: str) -> PushedSequence | None:
+    def find_sequence(self, idempotency_key: str, project: str = "") -> PushedSequence | None:
+        """In this backend's one project (``project_per: folder`` is refused for Encord)."""
         if self._find_project() is None:
             return None
         rows = self._rows_with_key(idempotency_key)

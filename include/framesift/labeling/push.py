@@ -141,6 +141,7 @@ def push_video(
         )
         labeling = {
             "backend": record.get("backend"),
+            "project": record.get("project"),
             "ids": record.get("backend_ids"),
             "url": record.get("url") or record.get("project_url"),
             "project_url": record.get("project_url"),

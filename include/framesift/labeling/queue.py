@@ -2,10 +2,12 @@
 
 Fields: the book's ``Name dataset``, ``Labeler``, ``Reviewer``, ``Labeling status`` and
 ``Reviewing status`` (In queue / In progress / Done) and ``date`` (when it was queued),
-plus ``backend``, ``backend_ids`` (one per chunk: Label Studio task ids, Encord data
-hashes), ``project_id``, ``project_url``, ``url``, ``video_key``, ``video_id``, ``frames``,
-``n_frames``, ``selection_id``, ``idempotency_key`` (also the ``_id``), ``pushed_at``,
-``state`` (``pending`` -> ``pushed``), ``attempts``, ``recovered``, ``status_history``.
+plus ``backend``, ``project`` (the platform project's name, chosen when the record is
+written: ``labeling.project_per``), ``backend_ids`` (one per chunk: Label Studio task
+ids, Encord data hashes), ``project_id``, ``project_url``, ``url``, ``video_key``,
+``video_id``, ``frames``, ``n_frames``, ``selection_id``, ``idempotency_key`` (also the
+``_id``), ``pushed_at``, ``state`` (``pending`` -> ``pushed``), ``attempts``,
+``recovered``, ``status_history``.
 
 Exactly once (an outbox): :func:`push_exactly_once` writes the record, state ``pending``,
 BEFORE calling the platform (the key is unique, so two pushes of the same selection,
@@ -13,7 +15,8 @@ video and backend share one record), claims it, pushes, then records the platfor
 (state ``pushed``). A retry after a crash between the push and the record finds the
 sequence on the platform by its key (``backend.find_sequence``) and completes the record
 instead of pushing again; if the crash came mid-push (some chunks created), the backend's
-push resumes and creates only the missing chunks.
+push resumes and creates only the missing chunks. Both look in, and push to, the record's
+``project``, so a retry goes where the first try went even if the config changed since.
 
 The claim (``claim``: the attempt, a fencing token, a lease; :mod:`framesift.io.leases`)
 keeps two live attempts from pushing the same key at once: one holds it, a heartbeat
@@ -82,6 +85,7 @@ RECORD_FIELDS = (
     REVIEWING_STATUS,
     DATE,
     "backend",
+    "project",
     "backend_ids",
     "project_id",
     "project_url",
@@ -146,6 +150,7 @@ def new_record(
         REVIEWING_STATUS: IN_QUEUE,
         DATE: now,
         "backend": backend_name,
+        "project": request.project,
         "backend_ids": [],
         "project_id": None,
         "project_url": None,
@@ -207,6 +212,10 @@ def push_exactly_once(
     if record.get("state") == PUSHED:
         log.info("sequence %s already pushed (%s); nothing to do", request.title, record.get("url"))
         return record
+    project = record.get("project", "")  # "": a record from before per-folder projects
+    if project != request.project:
+        log.info("push %s goes to project %r, where its first try went", key, project)
+        request = replace(request, project=project)
 
     held = _claim(coll, key, attempt)
     if isinstance(held, dict):
@@ -217,7 +226,7 @@ def push_exactly_once(
         with Heartbeat([held], attempt.heartbeat_s, log):
             if existed:
                 # an earlier try may have pushed and died before recording: look on the platform first
-                pushed = backend.find_sequence(key)
+                pushed = backend.find_sequence(key, request.project)
                 if pushed is not None:
                     log.info(
                         "recovered sequence %s from the platform (%s); not pushing again", key, pushed.url

@@ -14,6 +14,13 @@ Image sequences
     ``time_span`` and ``frame_reasons`` (why each frame was selected: pick rank and
     objective values).
 
+Projects
+    Each request names its project (``request.project``: ``labeling.project_name``, or one
+    per video folder with ``labeling.project_per: folder``; "" means ``project_name``); a
+    project is found by its title or created with the labeling config below, once per
+    backend (cached by title). Two pushes that create the same new project at once both
+    keep the oldest (lowest id) and delete their own if it is not that one.
+
 How frames reach Label Studio
     Uploaded: frames are read from S3 and sent to ``POST /api/projects/<id>/import
     ?commit_to_project=false`` (files only, no tasks), then the task is created with the
@@ -139,7 +146,7 @@ class LabelStudioBackend:
         self.description = description
         # Label Studio Enterprise has a review step (review counts on tasks); Community has none
         self.tracks_review = tracks_review
-        self._project: dict[str, Any] | None = None
+        self._projects: dict[str, dict[str, Any]] = {}  # by title
 
     def __repr__(self) -> str:
         return f"LabelStudioBackend(url={self.client.url!r}, project={self.project_name!r})"
@@ -171,56 +178,69 @@ class LabelStudioBackend:
 
     # --- project
 
-    def _find_project(self) -> dict[str, Any] | None:
-        if self._project is not None:
-            return self._project
+    def _find_project(self, title: str) -> dict[str, Any] | None:
+        """The project with this title (the oldest, should two pushes have made it at once)."""
+        if title in self._projects:
+            return self._projects[title]
+        found = None
         page = 1
         while True:
             data = self.client.get_json(
-                "/api/projects", params={"title": self.project_name, "page": page, "page_size": PAGE_SIZE}
+                "/api/projects", params={"title": title, "page": page, "page_size": PAGE_SIZE}
             )
             results = (data or {}).get("results", []) if isinstance(data, dict) else (data or [])
             for project in results:
-                if project.get("title") == self.project_name:
-                    self._project = project
-                    return project
+                if project.get("title") == title and (found is None or project["id"] < found["id"]):
+                    found = project
             if not isinstance(data, dict) or not data.get("next"):
-                return None
+                break
             page += 1
+        if found is not None:
+            self._projects[title] = found
+        return found
+
+    def _create_project(self, title: str, classes: list[str]) -> dict[str, Any]:
+        resp = self.client.request(
+            "POST",
+            "/api/projects",
+            json={"title": title, "description": self.description, "label_config": label_config(classes)},
+        )
+        created = resp.json()
+        # two pushes may create the same new project at once: each keeps the oldest and
+        # deletes its own (still empty) one if that is not it
+        project = self._find_project(title) or created
+        if project["id"] != created["id"]:
+            self.client.request("DELETE", f"/api/projects/{int(created['id'])}")
+            log.info("another push created Label Studio project %r first (id %s)", title, project["id"])
+        else:
+            log.info("created Label Studio project %r (id %s)", title, project["id"])
+        return project
 
     def _project_ref(self, project: Mapping[str, Any]) -> ProjectRef:
         pid = project["id"]
         return ProjectRef(id=str(pid), url=f"{self.client.url}/projects/{pid}/data", title=project["title"])
 
-    def ensure_project(self, ontology_classes: Sequence[str]) -> ProjectRef:
+    def _ensure_project(self, title: str, ontology_classes: Sequence[str]) -> dict[str, Any]:
         classes = list(dict.fromkeys(str(c) for c in ontology_classes))
         if not classes:
             raise ValueError("a labeling project needs at least one class (important_classes or the model's)")
-        project = self._find_project()
-        if project is None:
+        project = self._find_project(title) or self._create_project(title, classes)
+        have = config_labels(project.get("label_config", ""))
+        missing = [c for c in classes if c not in have]
+        if missing:  # add classes; never drop one (annotations may use it)
             resp = self.client.request(
-                "POST",
-                "/api/projects",
-                json={
-                    "title": self.project_name,
-                    "description": self.description,
-                    "label_config": label_config(classes),
-                },
+                "PATCH",
+                f"/api/projects/{project['id']}",
+                json={"label_config": label_config(have + missing)},
             )
-            project = self._project = resp.json()
-            log.info("created Label Studio project %r (id %s)", self.project_name, project["id"])
-        else:
-            have = config_labels(project.get("label_config", ""))
-            missing = [c for c in classes if c not in have]
-            if missing:  # add classes; never drop one (annotations may use it)
-                resp = self.client.request(
-                    "PATCH",
-                    f"/api/projects/{project['id']}",
-                    json={"label_config": label_config(have + missing)},
-                )
-                project = self._project = resp.json()
-                log.info("added classes %s to Label Studio project %r", missing, self.project_name)
-        return self._project_ref(project)
+            project = self._projects[title] = resp.json()
+            log.info("added classes %s to Label Studio project %r", missing, title)
+        return project
+
+    def ensure_project(self, ontology_classes: Sequence[str], project: str = "") -> ProjectRef:
+        """The project named ``project`` ("": ``project_name``), created on first use, with
+        at least these classes."""
+        return self._project_ref(self._ensure_project(project or self.project_name, ontology_classes))
 
     # --- tasks by key
 
@@ -270,8 +290,8 @@ class LabelStudioBackend:
             extra={"n_chunks": len(tasks)},
         )
 
-    def find_sequence(self, idempotency_key: str) -> PushedSequence | None:
-        project = self._find_project()
+    def find_sequence(self, idempotency_key: str, project: str = "") -> PushedSequence | None:
+        project = self._find_project(project or self.project_name)
         if project is None:
             return None
         tasks = _one_per_chunk(self._tasks_with_key(project["id"], idempotency_key))
@@ -287,9 +307,7 @@ class LabelStudioBackend:
     def push_sequence(self, request: SequenceRequest, guard: CreateGuard = NO_GUARD) -> PushedSequence:
         if not request.frame_names:
             raise ValueError(f"sequence {request.title!r} has no frames")
-        self.ensure_project(request.classes)
-        project = self._project
-        assert project is not None
+        project = self._ensure_project(request.project or self.project_name, request.classes)
         pid = project["id"]
         chunks = chunk(request.frame_names, self.max_frames_per_task)
         existing = {
