@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, TriggerRule
 
 from framesift.config.loading import load_config_for_wiring
 from framesift_airflow.assets import inference_asset
@@ -37,16 +37,20 @@ once per incident, and sends the frames that show the change to labeling.
 * **compute_signals**: the latest `drift.window_frames` frames (per source) against the
   reference (`drift.reference_prefix`, else the earliest inferred videos): uncertainty rise,
   embedding MMD, class distribution PSI / Jensen-Shannon, outlier rate, committee
-  disagreement. The report goes to S3 (`<output_prefix>/drift/reports/`).
+  disagreement. The report goes to S3 (`<output_prefix>/drift/reports/`), as JSON and as
+  a page for on-call (HTML: each signal vs its threshold, plots, the most drifted frames;
+  link: *Drift report*).
 * **record_run**: a ClearML task with each statistic vs its threshold, the class
   histograms and the PCA scatter (link: *ClearML run*).
 * **update_incidents**: Mongo `alerts`, one incident per signal family and source; a window
   counts once, so re-runs change nothing; resolves after `drift.alerts.resolve_after_windows`
   normal windows.
-* **deliver_alerts**: sends the outbox (Slack-compatible webhook, SMTP) for new and
-  escalated incidents, and whatever an earlier run could not send.
 * **queue_for_labeling**: the most drifted frames of each alarming window, as a labeling
-  sequence tagged `drift` (exactly once).
+  sequence tagged `drift` (exactly once); the incidents record the sequences' links.
+* **deliver_alerts**: after queue_for_labeling (so alerts link the drifted frames'
+  sequences), whatever it ended with: sends the outbox (Slack-compatible webhook, SMTP) for
+  new and escalated incidents, and whatever an earlier run could not send; then fails the
+  run if queue_for_labeling did not finish.
 
 **When it fails**: a failed *deliver_alerts* names the channel and the error (connection
 missing, webhook down); the alert waits in Mongo `alert_outbox` and the next run sends it.
@@ -85,9 +89,17 @@ with DAG(
     check >> signals
     recorded = DriftRunRecordOperator(task_id="record_run", signals=signals.output)
     incidents = UpdateIncidentsOperator(task_id="update_incidents", signals=recorded.output)
-    # one quick retry for a blip; after that the alert waits in the outbox for the next run
-    deliver = DeliverAlertsOperator(task_id="deliver_alerts", retries=1, retry_delay=timedelta(seconds=5))
     labeling = DriftLabelingOperator(
         task_id="queue_for_labeling", signals=recorded.output, execution_timeout=timedelta(minutes=30)
     )
-    incidents >> [deliver, labeling]
+    # after the push, so the alert links the drifted frames' sequences; whatever the push (or
+    # an earlier task) ended with, so a failed push never stops an alert (the run still fails
+    # for it). One quick retry for a blip; after that the alert waits in the outbox
+    deliver = DeliverAlertsOperator(
+        task_id="deliver_alerts",
+        queued=labeling.output,
+        retries=1,
+        retry_delay=timedelta(seconds=5),
+        trigger_rule=TriggerRule.ALL_DONE,
+    )
+    incidents >> labeling >> deliver

@@ -17,6 +17,7 @@ from framesift.config.loading import load_config
 from framesift.config.schema import ConfigError, PipelineConfig
 from framesift.drift import incidents
 from framesift.drift.monitor import compute, format_report
+from framesift.drift.report import build_html
 from framesift.ingest.damage import damage_summary, extraction_line
 from framesift.ingest.discovery import find_new_videos
 from framesift.ingest.registry import FAILED, VIDEOS, count_by_status, ensure_indexes, recent, register
@@ -260,7 +261,12 @@ def cmd_drift(args) -> int:
         print(f"acked {doc['_id']}" if doc else f"no open incident {args.incident}")
         return 0 if doc else 1
 
-    print(format_report(compute(s3, db, cfg)))
+    report = compute(s3, db, cfg)
+    print(format_report(report))
+    page = Path(args.html)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(build_html(s3, db, cfg, report), encoding="utf-8")
+    print(f"HTML report: {page.resolve()}")
     open_ones = incidents.open_incidents(db)
     print(f"\nopen incidents: {len(open_ones)}")
     for inc in open_ones:
@@ -273,6 +279,9 @@ def cmd_drift(args) -> int:
             f"  {inc['_id']}  {inc['state']} {inc['level']}  first {inc['first_seen']:%Y-%m-%d %H:%M}"
             f"  last {inc['last_seen']:%Y-%m-%d %H:%M}  {values}  videos {len(inc.get('videos') or [])}"
         )
+        for what, link in (("report", inc.get("report_html_uri")), ("labeling", inc.get("labeling_urls"))):
+            if link:
+                print(f"      {what}: {link if isinstance(link, str) else ', '.join(link)}")
     return 0
 
 
@@ -362,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["report", "ack"])
     p.add_argument("incident", nargs="?", help="ack: the incident id")
     p.add_argument("--by", help="ack: who is on it (default: $USER)")
+    p.add_argument(
+        "--html",
+        default=str(stack.var_dir() / "drift" / "report.html"),
+        help="report: where to write the report as a page (HTML with the plots and frames)",
+    )
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("demo", help="run framesift_ingest on the embedded stack with sample videos")
