@@ -37,7 +37,9 @@ once per incident, and sends the frames that show the change to labeling.
 * **compute_signals**: the latest `drift.window_frames` frames (per source) against the
   reference (`drift.reference_prefix`, else the earliest inferred videos): uncertainty rise,
   embedding MMD, class distribution PSI / Jensen-Shannon, outlier rate, committee
-  disagreement. The report goes to S3 (`<output_prefix>/drift/reports/`).
+  disagreement. The report goes to S3 (`<output_prefix>/drift/reports/`), as JSON and as
+  a page for on-call (HTML: each signal vs its threshold, plots, the most drifted frames;
+  link: *Drift report*).
 * **record_run**: a ClearML task with each statistic vs its threshold, the class
   histograms and the PCA scatter (link: *ClearML run*).
 * **update_incidents**: Mongo `alerts`, one incident per signal family and source; a window
@@ -47,7 +49,8 @@ once per incident, and sends the frames that show the change to labeling.
   escalated incidents, and whatever an earlier run could not send.
 * **queue_for_labeling**: selects the most drifted frames of each alarming window and
   holds them for on-call (`framesift drift ack ID` approves, `--no-labeling` drops); sends
-  the approved ones as labeling sequences tagged `drift` (exactly once).
+  the approved ones as labeling sequences tagged `drift` (exactly once); the incidents
+  record the sequences' links (later alerts carry them).
   `drift.labeling.mode: auto` sends them at once.
 
 **When it fails**: a failed *deliver_alerts* names the channel and the error (connection
@@ -87,9 +90,9 @@ with DAG(
     check >> signals
     recorded = DriftRunRecordOperator(task_id="record_run", signals=signals.output)
     incidents = UpdateIncidentsOperator(task_id="update_incidents", signals=recorded.output)
-    # one quick retry for a blip; after that the alert waits in the outbox for the next run
-    deliver = DeliverAlertsOperator(task_id="deliver_alerts", retries=1, retry_delay=timedelta(seconds=5))
     labeling = DriftLabelingOperator(
         task_id="queue_for_labeling", signals=recorded.output, execution_timeout=timedelta(minutes=30)
     )
+    # one quick retry for a blip; after that the alert waits in the outbox for the next run
+    deliver = DeliverAlertsOperator(task_id="deliver_alerts", retries=1, retry_delay=timedelta(seconds=5))
     incidents >> [deliver, labeling]

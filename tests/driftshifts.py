@@ -1,9 +1,11 @@
 """Shifted copies of generated clips, for the drift tests: night, heavy blur, a moved
-camera, a new object class. A clip is decoded, each frame transformed, and re-encoded."""
+camera, a new object class. A clip is decoded, each frame transformed, and re-encoded.
+And the drift tests' setup: a config of their own, clips extracted and inferred."""
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import yaml
 
 
 def night(image: np.ndarray, t: float) -> np.ndarray:
@@ -98,3 +101,41 @@ def frames_of(path: str | Path, every: int = 1) -> list[np.ndarray]:
     """Decoded BGR frames of a clip (every ``every``-th)."""
     with av.open(str(path)) as inp:
         return [f.to_ndarray(format="bgr24") for i, f in enumerate(inp.decode(video=0)) if i % every == 0]
+
+
+def drift_config(stack, folder: Path, letter: str, drift: dict, **inference):
+    """(config, its YAML path) of a drift test: fresh prefixes (``<letter>-<tag>/``) and Mongo
+    database, every 2nd frame without dedupe, inference at 256 px, the ``drift`` section."""
+    from framesift.config.loading import load_config
+
+    tag = uuid.uuid4().hex[:8]
+    data = {
+        "storage": {
+            "bucket": stack.bucket,
+            "videos_prefix": f"{letter}-{tag}/videos/",
+            "output_prefix": f"{letter}-{tag}/out/",
+        },
+        "mongo": {"database": f"{letter}_{tag}"},
+        "extraction": {"sampling": "every_n", "every_n": 2, "dedupe": {"enabled": False}},
+        "inference": {"imgsz": 256, "batch_size": 16, **inference},
+        "drift": drift,
+    }
+    path = Path(folder) / "framesift.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path), path
+
+
+def ingest_clips(s3, db, cfg, clips: list[tuple[Path, str]], run_id: str, detector=None) -> None:
+    """Upload clips (local path, key under ``videos_prefix``), register, extract and infer them."""
+    from framesift.inference.stage import infer_one
+    from framesift.ingest.stage import extract_one, register_uploads
+    from framesift.io.s3 import upload
+    from framesift.local.stack import var_dir
+
+    work = var_dir() / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    for local, key in clips:
+        upload(s3, local, cfg.storage.bucket, cfg.storage.videos_prefix + key)
+    for ref in register_uploads(s3, db, cfg, run_id=run_id):
+        extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
+        infer_one(s3, db, cfg, ref, run_id=run_id, detector=detector)

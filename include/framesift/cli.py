@@ -17,6 +17,7 @@ from framesift.config.loading import load_config
 from framesift.config.schema import ConfigError, PipelineConfig
 from framesift.drift import incidents, response
 from framesift.drift.monitor import compute, format_report
+from framesift.drift.report import build_html
 from framesift.ingest.damage import damage_summary, extraction_line
 from framesift.ingest.discovery import find_new_videos
 from framesift.ingest.registry import FAILED, VIDEOS, count_by_status, ensure_indexes, recent, register
@@ -274,7 +275,12 @@ def cmd_drift(args) -> int:
                 )
         return 0
 
-    print(format_report(compute(s3, db, cfg)))
+    report = compute(s3, db, cfg)
+    print(format_report(report))
+    page = Path(args.html)
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(build_html(s3, db, cfg, report), encoding="utf-8")
+    print(f"HTML report: {page.resolve()}")
     open_ones = incidents.open_incidents(db)
     waiting = response.held(db)
     if waiting:
@@ -295,6 +301,9 @@ def cmd_drift(args) -> int:
             f"  {inc['_id']}  {inc['state']} {inc['level']}  first {inc['first_seen']:%Y-%m-%d %H:%M}"
             f"  last {inc['last_seen']:%Y-%m-%d %H:%M}  {values}  videos {len(inc.get('videos') or [])}"
         )
+        for what, link in (("report", inc.get("report_html_uri")), ("labeling", inc.get("labeling_urls"))):
+            if link:
+                print(f"      {what}: {link if isinstance(link, str) else ', '.join(link)}")
     return 0
 
 
@@ -388,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-labeling",
         action="store_true",
         help="ack: drop the drifted frames held for this incident instead of sending them to labeling",
+    )
+    p.add_argument(
+        "--html",
+        default=str(stack.var_dir() / "drift" / "report.html"),
+        help="report: where to write the report as a page (HTML with the plots and frames)",
     )
     p.set_defaults(func=cmd_drift)
 

@@ -1,5 +1,6 @@
-"""Operator extra links: from a task in the Airflow UI to the ClearML run (and, later, the
-labeling project). The URL is stored in XCom by the task that knows it."""
+"""Operator extra links: from a task in the Airflow UI to the ClearML run, the labeling
+project, the selection report and the drift report. The URL is stored in XCom by the task
+that knows it."""
 
 from __future__ import annotations
 
@@ -38,3 +39,8 @@ class LabelingProjectLink(XComUrlLink):
 class SelectionReportLink(XComUrlLink):
     name = "Selection report"
     key = "selection_report_url"
+
+
+class DriftReportLink(XComUrlLink):
+    name = "Drift report"
+    key = "drift_report_url"

@@ -1,6 +1,6 @@
 """Airflow notifiers for drift alerts: a Slack-compatible webhook and SMTP e-mail.
 
-Both take the alert (``framesift.alerts.render_message``'s dict) as ``message`` and an
+Both take the alert (``framesift.drift.incidents.render_message``'s dict) as ``message`` and an
 Airflow connection id; credentials live in the connection only. They work as callbacks
 (``on_failure_callback=DriftWebhookNotifier(...)``) or, as the drift DAG uses them, by
 calling ``notify(context)`` directly. A failure raises, so the alert outbox keeps the
@@ -59,7 +59,11 @@ def slack_payload(message: dict[str, Any]) -> dict[str, Any]:
             "values",
             "videos",
             "sample_frames",
+            "report_url",
+            "report_json_url",
+            "airflow_run_url",
             "clearml_url",
+            "labeling_urls",
         )
     }
     return {"text": message["text"], "blocks": blocks, "framesift": fields}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from framesift.io.s3 import http_url
+
 PREFIX = "/framesift"
 
 
@@ -38,3 +40,10 @@ def airflow_run_url(dag_id: str, run_id: str) -> str | None:
     """The Airflow UI page of a DAG run (absolute; None without ``[api] base_url``)."""
     base = base_url()
     return f"{base}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}" if base else None
+
+
+def s3_link(s3, uri: str, *, absolute: bool = False) -> str:
+    """A link that opens an output in ``s3://`` (a report, a frame): framesift's page on the
+    api-server when Airflow serves it (never expires, no bucket access needed), else a
+    presigned S3 URL. ``absolute`` for what is read outside Airflow (alerts)."""
+    return page_url("s3", absolute=absolute, uri=uri) or http_url(s3, uri)

@@ -16,19 +16,15 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from urllib.parse import quote
 
 import pytest
-import yaml
 
-from framesift.config.loading import load_config
 from framesift.drift import incidents as alerts
 from framesift.drift import monitor
-from framesift.io.s3 import upload
 from framesift.local.stack import project_root
 from framesift.local.synth import make_video
-from tests.driftshifts import SHIFTS, shifted_copy
+from tests.driftshifts import SHIFTS, drift_config, ingest_clips, shifted_copy
 from tests.listener import Listener
 
 pytestmark = pytest.mark.slow
@@ -41,36 +37,21 @@ SHIFTED = tuple(f"cam1-{s}/" for s in SHIFTS)
 def world(stack, s3, mongo, tmp_path_factory):
     """Config, uploads, and every clip extracted and inferred (reference clips first)."""
     from framesift.inference.detector import Detector
-    from framesift.inference.stage import infer_one
-    from framesift.ingest.stage import extract_one, register_uploads
-    from framesift.local.stack import var_dir
 
     tmp = tmp_path_factory.mktemp("drift")
-    tag = uuid.uuid4().hex[:8]
     listener = Listener()
-    data = {
-        "storage": {
-            "bucket": stack.bucket,
-            "videos_prefix": f"d-{tag}/videos/",
-            "output_prefix": f"d-{tag}/out/",
+    drift = {
+        "window_frames": 25,
+        "min_window_frames": 20,
+        "reference_frames": 66,  # the two 13 s reference clips, 33 frames each
+        "group_by": "folder",
+        "alerts": {
+            "channels": [{"type": "webhook", "conn_id": "framesift_alerts_webhook"}],
+            "sample_frames": 3,
         },
-        "mongo": {"database": f"d_{tag}"},
-        "extraction": {"sampling": "every_n", "every_n": 2, "dedupe": {"enabled": False}},
-        "inference": {"imgsz": 256, "batch_size": 16},
-        "drift": {
-            "window_frames": 25,
-            "min_window_frames": 20,
-            "reference_frames": 66,  # the two 13 s reference clips, 33 frames each
-            "group_by": "folder",
-            "alerts": {
-                "channels": [{"type": "webhook", "conn_id": "framesift_alerts_webhook"}],
-                "sample_frames": 3,
-            },
-            "labeling": {"n_samples": 4},
-        },
+        "labeling": {"n_samples": 4},
     }
-    path = tmp / "framesift.yaml"
-    path.write_text(yaml.safe_dump(data))
+    cfg, path = drift_config(stack, tmp, "d", drift)
     saved = {k: os.environ.get(k) for k in ("FRAMESIFT_CONFIG", "AIRFLOW_CONN_FRAMESIFT_ALERTS_WEBHOOK")}
     os.environ["FRAMESIFT_CONFIG"] = str(path)
     conn = {
@@ -79,7 +60,6 @@ def world(stack, s3, mongo, tmp_path_factory):
         "password": "T000/B000/not-a-real-token",
     }
     os.environ["AIRFLOW_CONN_FRAMESIFT_ALERTS_WEBHOOK"] = json.dumps(conn)
-    cfg = load_config(path)
     db = mongo[cfg.mongo.database]
     prefix = cfg.storage.videos_prefix
 
@@ -95,14 +75,8 @@ def world(stack, s3, mongo, tmp_path_factory):
         )
 
     detector = Detector.from_config(cfg, s3)
-    work = var_dir() / "work"
-    work.mkdir(parents=True, exist_ok=True)
     for batch, run_id in ((early, "setup-reference"), (later, "setup-new")):
-        for local, key in batch:
-            upload(s3, local, cfg.storage.bucket, prefix + key)
-        for ref in register_uploads(s3, db, cfg, run_id=run_id):
-            extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
-            infer_one(s3, db, cfg, ref, run_id=run_id, detector=detector)
+        ingest_clips(s3, db, cfg, batch, run_id, detector)
     yield {"cfg": cfg, "db": db, "listener": listener, "prefix": prefix}
     listener.close()
     for k, v in saved.items():
@@ -146,7 +120,7 @@ def _run(dag):
 
 
 def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(
-    world, drift_dag, label_studio, monkeypatch
+    world, drift_dag, label_studio, monkeypatch, tmp_path
 ):
     db, listener, prefix = world["db"], world["listener"], world["prefix"]
     listener.status = 503  # on-call's webhook is down during the first run
@@ -214,6 +188,24 @@ def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(
     body = listener.bodies[0]
     assert "Runbook" in body["text"] and "threshold" in body["text"] and body["framesift"]["sample_frames"]
     assert "framesift drift ack" in body["text"] and "--no-labeling" in body["text"]
+    # the alert links the report's page (HTML, served by the api-server), beside the JSON
+    for body in listener.bodies:
+        fields = body["framesift"]
+        inc = db[alerts.ALERTS].find_one({"_id": fields["incident_id"]})
+        page = inc["report_html_uri"]
+        assert page == inc["report_uri"].removesuffix(".json") + ".html"
+        assert (
+            fields["report_url"] == f"{base}/framesift/s3/{page[5:]}"
+            and f"Drift report: {fields['report_url']}" in body["text"]
+        )
+        assert all(u in body["text"] for u in fields["labeling_urls"])
+    from airflow.models.serialized_dag import SerializedDagModel
+
+    from framesift_airflow.links import DriftReportLink
+
+    signals = SerializedDagModel.get_dag(drift_dag.dag_id).get_task("compute_signals")
+    link = signals.get_extra_links(dr.get_task_instance("compute_signals"), DriftReportLink.name)
+    assert link.startswith(f"{base}/framesift/s3/") and link.endswith(".html")
     assert {d["_id"] for d in db[alerts.ALERTS].find()} == set(incidents)
     assert db[alerts.OUTBOX].count_documents({"state": "sent"}) == len(incidents)
     (queued,) = db.labeling_queue.find({"tags": "drift"})
@@ -229,13 +221,28 @@ def test_dag_alerts_once_survives_a_webhook_outage_and_queues_drifted_frames(
     assert _label_studio_tasks(label_studio) == tasks_before + 1
 
     # the CLI shows the signals and the open incidents
-    out = _cli("drift", "report")
+    # the sequences of the approved frames are linked from the night incidents (later alerts
+    # carry them); held and dropped frames have none
+    for inc in db[alerts.ALERTS].find():
+        urls = inc.get("labeling_urls") or []
+        if inc["source"] == night:
+            assert urls and all(u.startswith(f"{label_studio.url}/projects/") for u in urls), inc
+        else:
+            assert not urls, inc
+
+    # the CLI shows the signals, the held frames and the open incidents, and writes the page
+    out = _cli("drift", "report", "--html", str(tmp_path / "drift.html"))
     assert f"open incidents: {len(incidents)}" in out and f"source {prefix}cam1-blur/" in out
     assert "embedding" in out and "mmd2" in out
     assert (
         f"drifted frames waiting for an ack (framesift drift ack ID; --no-labeling drops them): {len(SHIFTED) - 2}"
         in out
     )
+    # where the page is: the fresh report's file, and each open incident's run report
+    assert f"HTML report: {tmp_path / 'drift.html'}" in out and "<table class='signals'>" in (
+        tmp_path / "drift.html"
+    ).read_text(encoding="utf-8")
+    assert out.count("      report: s3://") == len(incidents) and "      labeling: http" in out
 
 
 def _cli(*args: str) -> str:

@@ -10,18 +10,14 @@ model, the unchanged footage alarms on the model change alone.
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-import yaml
 
-from framesift.config.loading import load_config
 from framesift.drift import incidents as alerts
 from framesift.drift import monitor
 from framesift.inference.models import FALL_MODEL_URI
-from framesift.io.s3 import list_objects, upload
+from framesift.io.s3 import list_objects
 from framesift.local.synth import make_video
-from tests.driftshifts import shifted_copy
+from tests.driftshifts import drift_config, ingest_clips, shifted_copy
 
 pytestmark = pytest.mark.slow
 
@@ -45,44 +41,23 @@ def promoted_checkpoint(dst, seed: int = 0, scale: float = 0.35):
 
 @pytest.fixture(scope="module")
 def world(stack, s3, mongo, tmp_path_factory):
-    from framesift.inference.stage import infer_one
-    from framesift.ingest.stage import extract_one, register_uploads
-    from framesift.local.stack import var_dir
-
     tmp = tmp_path_factory.mktemp("drift-model")
-    tag = uuid.uuid4().hex[:8]
-    data = {
-        "storage": {
-            "bucket": stack.bucket,
-            "videos_prefix": f"m-{tag}/videos/",
-            "output_prefix": f"m-{tag}/out/",
-        },
-        "mongo": {"database": f"m_{tag}"},
-        "extraction": {"sampling": "every_n", "every_n": 2, "dedupe": {"enabled": False}},
-        "inference": {"model_uri": FALL_MODEL_URI, "imgsz": 256, "batch_size": 16},
-        "drift": {"window_frames": 25, "min_window_frames": 20, "reference_frames": 33, "group_by": "folder"},
-    }
-    path = tmp / "framesift.yaml"
-    path.write_text(yaml.safe_dump(data))
-    cfg = load_config(path)
+    drift = {"window_frames": 25, "min_window_frames": 20, "reference_frames": 33, "group_by": "folder"}
+    cfg, _ = drift_config(stack, tmp, "m", drift, model_uri=FALL_MODEL_URI)
     db = mongo[cfg.mongo.database]
     prefix = cfg.storage.videos_prefix
     clip = make_video(tmp / "cam.mp4", seconds=23, fps=5, seed=1)
-    work = var_dir() / "work"
-    work.mkdir(parents=True, exist_ok=True)
 
-    def ingest(batch, run_id):
-        for local, key in batch:
-            upload(s3, local, cfg.storage.bucket, prefix + key)
-        for ref in register_uploads(s3, db, cfg, run_id=run_id):
-            extract_one(s3, db, cfg, ref, run_id=run_id, work_dir=str(work))
-            infer_one(s3, db, cfg, ref, run_id=run_id)
-
-    ingest([(shifted_copy(clip, tmp / "early.mp4", end_s=13), "cam/early.mp4")], "before-promotion")
+    ingest_clips(
+        s3, db, cfg, [(shifted_copy(clip, tmp / "early.mp4", end_s=13), "cam/early.mp4")], "before-promotion"
+    )
     # promote a new model: the champion of the model registry, served by inference from now on
     new_model = promoted_checkpoint(tmp / "promoted.pt")
     db.models.insert_one({"_id": "model-2", "uri": str(new_model), "champion": True, "status": "promoted"})
-    ingest(
+    ingest_clips(
+        s3,
+        db,
+        cfg,
         [
             (shifted_copy(clip, tmp / "later.mp4", start_s=13), "cam/later.mp4"),
             (shifted_copy(clip, tmp / "night.mp4", "night", start_s=13), "cam-night/later.mp4"),

@@ -216,10 +216,14 @@ def test_alert_message_names_signal_threshold_window_videos_frames_plots_runbook
         "sample_frames": ["s3://b/out/videos/x/frames/a-001-mp4.png"],
         "clearml_url": "file:///var/clearml/offline-1.zip",
         "report_uri": "s3://b/out/drift/reports/r.json",
+        "report_html_uri": "s3://b/out/drift/reports/r.html",
         "airflow_run_url": "http://af:8080/dags/framesift_drift/runs/scheduled__1",
+        "labeling_backend": "label_studio",
+        "labeling_urls": ["http://ls:8081/projects/3/data?task=17"],
     }
+    signed = lambda u: "https://signed/" + u[5:]  # noqa: E731
     msg = render_message(
-        incident, {"event": "opened", "level": "critical"}, frame_url=lambda u: "https://signed/" + u[5:]
+        incident, {"event": "opened", "level": "critical"}, frame_url=signed, report_url=signed
     )
     text = msg["text"]
     assert "embedding" in msg["subject"] and "CRITICAL" in msg["subject"]
@@ -228,6 +232,59 @@ def test_alert_message_names_signal_threshold_window_videos_frames_plots_runbook
     assert "ClearML drift plots: file:///var/clearml/offline-1.zip" in text and "Runbook" in text
     assert "Airflow run: http://af:8080/dags/framesift_drift/runs/scheduled__1" in text
     assert msg["airflow_run_url"] == "http://af:8080/dags/framesift_drift/runs/scheduled__1"
+    # the report as a page first, the JSON beside it; the drifted frames' labeling sequences
+    assert "Drift report: https://signed/b/out/drift/reports/r.html" in text
+    assert "Drift report (JSON): https://signed/b/out/drift/reports/r.json" in text
+    assert msg["report_url"] == "https://signed/b/out/drift/reports/r.html"
+    assert "(label_studio):\n  http://ls:8081/projects/3/data?task=17" in text
+    assert msg["labeling_urls"] == ["http://ls:8081/projects/3/data?task=17"]
+
+
+def test_report_page_has_the_signal_table_plots_frames_and_suspensions(reference):
+    """The page on-call opens (issue #17): per source its level, each statistic's value vs
+    threshold and verdict, a figure of plots, the most drifted frames; inline images."""
+    import base64
+    import io
+    import re
+
+    import cv2
+    from PIL import Image
+
+    from framesift.drift.report import render_html
+
+    shifted = evaluate(reference, make_set(np.random.default_rng(3), tag="new", emb_shift=2.0), cfg())
+    normal = evaluate(reference, make_set(np.random.default_rng(4), tag="cam2"), cfg())
+    shifted["source"], normal["source"] = "videos/cam1/", "videos/cam2/"
+    report = {"run_id": "r1", "reference": {"frames": reference.n, "how": "x", "videos": []}}
+    report["windows"] = [shifted, normal]
+    jpeg = cv2.imencode(".jpg", np.zeros((40, 60, 3), np.uint8))[1].tobytes()
+    page = render_html(
+        report,
+        {"videos/cam1/": [("videos/cam1/ünïcode.mp4 @ 4.50 s", jpeg)]},
+        critical_factor=2.0,
+        links={"Airflow run": "http://af/run", "unknown": None},
+    )
+    assert (
+        f"Source <code>videos/cam1/</code>: <span class='{shifted['level']}'>{shifted['level'].upper()}<"
+        in page
+    )
+    assert shifted["level"] in ("warning", "critical") and "<span class='normal'>NORMAL<" in page
+    mmd = next(s for s in shifted["statistics"] if s["name"] == "mmd2")
+    row = re.search(r"<tr><td class='l'>embedding</td><td class='l'>mmd2</td>(.*?)</tr>", page).group(1)
+    assert f"<td>{mmd['value']:.4g}</td><td>{mmd['threshold']:g}</td>" in row and mmd["level"] in row
+    assert page.count("<table class='signals'>") == 2 and "videos/cam1/ünïcode.mp4 @ 4.50 s" in page
+    assert "<a href='http://af/run'>Airflow run</a>" in page and "unknown" not in page
+    srcs = re.findall(r"<img src='([^']+)'", page)
+    assert len(srcs) == 3  # a figure per source and one frame
+    for src in srcs:
+        head, _, payload = src.partition(",")
+        assert head in ("data:image/png;base64", "data:image/jpeg;base64")
+        Image.open(io.BytesIO(base64.b64decode(payload, validate=True))).verify()
+
+    suspended = render_html(
+        {"suspended": "the reference was inferred by m1", "windows": []}, {}, critical_factor=2
+    )
+    assert "Comparison suspended</b>: the reference was inferred by m1" in suspended
 
 
 def test_drift_sources_are_folders_by_default():

@@ -13,7 +13,10 @@ Mongo ``alerts`` holds one document per incident::
     windows        ids of the windows evaluated while open (a window counts once, so
                    duplicate runs and retries change nothing)
     normal_windows consecutive normal windows; resolve_after_windows of them resolve it
-    videos, sample_frames, report_uri, clearml_url, run_ids
+    videos, sample_frames, report_uri (JSON), report_html_uri (the page on-call opens),
+    clearml_url, airflow_run_url, run_ids
+    labeling_backend, labeling_urls   where the drifted frames were sent for labeling (the
+                   sequences' URLs on the platform, from their queue records)
 
 Notifications go through an outbox, ``alert_outbox``: one document per (incident, event,
 level, channel) with a deterministic ``_id``, written in the same step that opens or
@@ -46,11 +49,13 @@ ACTIVE = (OPEN, ACKED)
 PENDING, SENDING, SENT = "pending", "sending", "sent"
 OPENED, ESCALATED, RESOLVED_EVENT = "opened", "escalated", "resolved"
 MAX_WINDOWS_KEPT = 200
+MAX_LINKS = 10  # labeling sequences an alert links
 SEND_LEASE = timedelta(minutes=5)
 
 RUNBOOK = (
-    "1. Open the sample frames: is the scene really different (night, blur, camera moved, new objects)?\n"
-    "2. Open the ClearML drift plots: which signal moved, on which videos, since when.\n"
+    "1. Open the drift report (HTML): each signal vs its threshold, the plots and the most drifted frames; "
+    "is the scene really different (night, blur, camera moved, new objects)?\n"
+    "2. Open the ClearML drift plots and the Airflow run: which signal moved, on which videos, since when.\n"
     "3. Real change that stays: ack it (`framesift drift ack <id>`); the most drifted frames, "
     "selected and held for your ack, go to labeling on the next drift run (sequences tagged "
     "`drift`; with drift.labeling.mode: auto they are queued already); retraining picks them up.\n"
@@ -102,6 +107,16 @@ class RunLinks:
     report_uri: str | None
     clearml_url: str | None
     airflow_run_url: str | None = None  # the run's page in the Airflow UI
+    report_html_uri: str | None = None  # the report as a page (s3://)
+
+    def fields(self) -> dict[str, str | None]:
+        """What an incident stores of them."""
+        return {
+            "report_uri": self.report_uri,
+            "report_html_uri": self.report_html_uri,
+            "clearml_url": self.clearml_url,
+            "airflow_run_url": self.airflow_run_url,
+        }
 
 
 def active_incident(db: Database, key: str) -> dict[str, Any] | None:
@@ -117,6 +132,7 @@ def update_incidents(
     report_uri: str | None = None,
     clearml_url: str | None = None,
     airflow_run_url: str | None = None,
+    report_html_uri: str | None = None,
 ) -> dict[str, list[str]]:
     """Open, update, escalate or resolve incidents from one drift report; queue alerts.
 
@@ -131,7 +147,7 @@ def update_incidents(
         "resolved": [],
         "unchanged": [],
     }
-    links = RunLinks(run_id, report_uri, clearml_url, airflow_run_url)
+    links = RunLinks(run_id, report_uri, clearml_url, airflow_run_url, report_html_uri)
     for window in report.get("windows", []):
         for family, level in window["families"].items():
             if level == INSUFFICIENT:
@@ -169,9 +185,7 @@ def _apply(db: Database, dc: DriftConfig, reading: Reading, links: RunLinks) -> 
                 "values": stats,
                 "videos": window["videos"],
                 "sample_frames": window.get("sample_frames", []),
-                "report_uri": links.report_uri,
-                "clearml_url": links.clearml_url,
-                "airflow_run_url": links.airflow_run_url,
+                **links.fields(),
                 "updated_at": now,
                 **{f"peak.{s['name']}": s["value"] for s in stats if _above_peak(inc, s)},
             },
@@ -245,9 +259,7 @@ def _open(db: Database, dc: DriftConfig, reading: Reading, links: RunLinks, now:
         "normal_windows": 0,
         "videos": window["videos"],
         "sample_frames": window.get("sample_frames", []),
-        "report_uri": links.report_uri,
-        "clearml_url": links.clearml_url,
-        "airflow_run_url": links.airflow_run_url,
+        **links.fields(),
         "run_ids": [links.run_id],
         "history": [{"at": now, "event": OPENED, "level": level}],
     }
@@ -348,6 +360,17 @@ def deliver(
     return result
 
 
+def link_labeling(db: Database, incident_ids: list[str], backend: str, urls: list[str]) -> None:
+    """Record on incidents where their drifted frames were sent for labeling (the
+    sequences' URLs on the platform), so the alerts link them."""
+    urls = [u for u in urls if u]
+    if incident_ids and urls:
+        db[ALERTS].update_many(
+            {"_id": {"$in": list(incident_ids)}},
+            {"$set": {"labeling_backend": backend}, "$addToSet": {"labeling_urls": {"$each": urls}}},
+        )
+
+
 def ack(db: Database, incident_id: str, by: str) -> dict[str, Any] | None:
     """Mark an open incident acknowledged (someone is on it); it still escalates and resolves."""
     now = _now()
@@ -382,7 +405,9 @@ def render_message(
 ) -> dict[str, Any]:
     """The alert as plain data: ``subject``, ``text`` (Slack mrkdwn-friendly plain text) and
     the fields it was built from. ``frame_url``/``report_url`` turn ``s3://`` URIs into
-    links a browser opens (presigned); they are made at send time, never stored."""
+    links a browser opens (framesift's page on the api-server, or presigned); they are
+    made at send time, never stored. The drift report links to its page (HTML) first, the
+    raw JSON beside it."""
     event, level = item.get("event", OPENED), item.get("level", incident.get("level"))
     family, source = incident.get("family", "?"), incident.get("source", "?")
     head = {OPENED: "DRIFT", ESCALATED: "DRIFT ESCALATED", RESOLVED_EVENT: "DRIFT RESOLVED"}.get(
@@ -419,14 +444,23 @@ def render_message(
     if links:
         lines.append("Sample frames (most drifted):")
         lines += [f"  {url}" for _, url in links]
+
+    def openable(uri: str | None) -> str | None:
+        return (report_url(uri) if report_url else uri) if uri else None
+
+    report_page, report_json = openable(incident.get("report_html_uri")), openable(incident.get("report_uri"))
+    if report_page:
+        lines.append(f"Drift report: {report_page}")
+    if report_json:
+        lines.append(f"Drift report (JSON): {report_json}")
     if incident.get("airflow_run_url"):
         lines.append(f"Airflow run: {incident['airflow_run_url']}")
     if incident.get("clearml_url"):
         lines.append(f"ClearML drift plots: {incident['clearml_url']}")
-    if incident.get("report_uri"):
-        lines.append(
-            f"Drift report: {report_url(incident['report_uri']) if report_url else incident['report_uri']}"
-        )
+    labeling = (incident.get("labeling_urls") or [])[-MAX_LINKS:]  # the latest windows'
+    if labeling:
+        lines.append(f"Drifted frames sent for labeling ({incident.get('labeling_backend')}):")
+        lines += [f"  {url}" for url in labeling]
     lines.append("Runbook:\n" + RUNBOOK)
     text = "\n".join(line for line in lines if line)
     return {
@@ -443,6 +477,9 @@ def render_message(
         ],
         "videos": videos,
         "sample_frames": [url for _, url in links],
+        "report_url": report_page,
+        "report_json_url": report_json,
         "clearml_url": incident.get("clearml_url"),
         "airflow_run_url": incident.get("airflow_run_url"),
+        "labeling_urls": labeling,
     }

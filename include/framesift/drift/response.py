@@ -7,7 +7,8 @@ before are never sent again. The pick is recorded in ``selections`` (``kind: dri
 a datapool file, so later selections know these frames too) and each video's frames are
 pushed through the same exactly-once path as ingest (``labeling.queue.push_exactly_once``)
 as a sequence titled ``drift-...`` whose queue record carries ``tags: ["drift"]``, which
-is how the labels/retraining loop tells drift data apart.
+is how the labels/retraining loop tells drift data apart. The window's incidents record the
+sequences' URLs on the platform (``labeling_urls``), so their alerts link them.
 
 With ``drift.labeling.mode: ack`` (the default) the picked frames wait for on-call: the
 selection record's ``labeling.state`` is ``held`` until ``framesift drift ack ID`` approves
@@ -33,6 +34,7 @@ from framesift.drift import incidents
 from framesift.drift.monitor import load_frames
 from framesift.drift.signals import CRITICAL, WARNING, FrameSet
 from framesift.inference import predictions
+from framesift.inference.models import inferred_model_version
 from framesift.ingest import registry
 from framesift.io.layout import safe_stem
 from framesift.io.leases import Attempt
@@ -165,7 +167,7 @@ def push_drifted(
                 for name, boxes in predictions.read_predictions(s3, cfg, doc["_id"], task).items()
             ],
             schema=predictions.read_schema(s3, cfg, doc["_id"], task),
-            model_version=doc["inference"].get("model_uri"),
+            model_version=inferred_model_version(doc["inference"]),  # as ingest pushes show it
             title=f"{TAG}-{safe_stem(doc['key'])}-{doc['_id']}",
             metadata={"tag": TAG, "source": selection.get("source"), "window_id": selection.get("window_id")},
         )
@@ -183,6 +185,9 @@ def push_drifted(
             },
         )
         records.append(queue_collection(db).find_one({"_id": record["_id"]}))
+    incidents.link_labeling(
+        db, list(incident_ids), backend.name, [r.get("url") or r.get("project_url") for r in records]
+    )
     return records
 
 

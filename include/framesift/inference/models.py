@@ -21,7 +21,9 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from framesift.io.s3 import make_client, parse_s3_uri
 
@@ -114,6 +116,13 @@ def model_version(model_uri: str | None, weights_sha256: str | None = None) -> s
     tells two versions of one name apart. The name alone when the hash is unknown."""
     name = model_name(model_uri)
     return f"{name}@{weights_sha256[:8]}" if weights_sha256 else name
+
+
+def inferred_model_version(inference: Mapping[str, Any]) -> str:
+    """The model version of a video's ``inference`` record, what every push to labeling
+    shows: the one inference recorded (name@hash), else the name alone (records from
+    before it)."""
+    return inference.get("model_version") or model_version(inference.get("model_uri"))
 
 
 def default_model_path() -> Path:

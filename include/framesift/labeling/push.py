@@ -15,7 +15,7 @@ from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
-from framesift.inference.models import model_version
+from framesift.inference.models import inferred_model_version
 from framesift.ingest import registry
 from framesift.ingest.registry import VideoRef
 from framesift.io import layout
@@ -130,9 +130,7 @@ def push_video(
             frame_names=doc["selected_frames"],
             predictions=[{"file_name": name, "predictions": boxes} for name, boxes in preds.items()],
             schema=predictions.read_schema(s3, cfg, doc["_id"], task),
-            # the model's name and weights hash (records from before it: the name only)
-            model_version=doc["inference"].get("model_version")
-            or model_version(doc["inference"].get("model_uri")),
+            model_version=inferred_model_version(doc["inference"]),
             frame_times_s=layout.frame_times(s3, doc.get("manifest_uri")),
             frame_reasons=selection_reasons(db, doc["selection_id"], doc["_id"]),
         )

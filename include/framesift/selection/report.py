@@ -33,7 +33,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -91,20 +91,23 @@ def build_report(
     examples = _examples(result, inputs, images or {}, out / "examples", max_examples, labels)
 
     (out / "selection.json").write_text(json.dumps(result.to_dict(), indent=1))
-    inline = [(_data_uri(out / f), head, cap) for f, head, cap in plots]
-    inline_examples = [(_data_uri(out / f), cap) for f, cap in examples]
+    inline = [(data_uri(out / f), head, cap) for f, head, cap in plots]
+    inline_examples = [(data_uri(out / f), cap) for f, cap in examples]
     (out / "index.html").write_text(
         _html(result, inputs, title, inline, inline_examples, notes or [], labels)
     )
     return out / "index.html"
 
 
-def _data_uri(path: Path) -> str:
-    """A PNG or JPEG file as a ``data:`` URI, so the page needs no other file."""
+def data_uri(image: Path | bytes, mime: str | None = None) -> str:
+    """A PNG or JPEG (a file, or its bytes with ``mime``) as a ``data:`` URI, so a page
+    needs no other file."""
     import base64
 
-    mime = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "image/png"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    if isinstance(image, Path):
+        mime = mime or ("image/jpeg" if image.suffix.lower() in (".jpg", ".jpeg") else "image/png")
+        image = image.read_bytes()
+    return f"data:{mime or 'image/png'};base64," + base64.b64encode(image).decode("ascii")
 
 
 def frame_labels(inputs: SelectionInputs, frames: Sequence[int], time_key: str = TIME_KEY) -> dict[str, str]:
@@ -122,7 +125,13 @@ def frame_labels(inputs: SelectionInputs, frames: Sequence[int], time_key: str =
 
 # the charset in the header too: a client that reads only the header (requests, curl | less)
 # would otherwise decode the page as Latin-1 and garble non-ASCII video keys
-_CONTENT_TYPES = {"html": "text/html; charset=utf-8", "png": "image/png", "jpg": "image/jpeg", "json": "application/json"}
+HTML_CONTENT_TYPE = "text/html; charset=utf-8"
+_CONTENT_TYPES = {
+    "html": HTML_CONTENT_TYPE,
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "json": "application/json",
+}
 
 
 def upload_report(s3, folder: Path, bucket: str, prefix: str) -> str:
@@ -145,10 +154,13 @@ EXAMPLE_WIDTH_IN = 5.0  # x 110 dpi: 550 px wide thumbnails
 JPEG_QUALITY = 80
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path | BinaryIO, fmt: str | None = None) -> None:
+    """Render a figure (Agg, no pyplot state) to a file, or to a buffer in ``fmt``
+    (``png``/``jpg``, JPEG at ``JPEG_QUALITY``)."""
     FigureCanvasAgg(fig)
-    extra = {"pil_kwargs": {"quality": JPEG_QUALITY}} if path.suffix == ".jpg" else {}
-    fig.savefig(path, dpi=110, bbox_inches="tight", **extra)
+    fmt = fmt or Path(path).suffix[1:]
+    extra = {"pil_kwargs": {"quality": JPEG_QUALITY}} if fmt == "jpg" else {}
+    fig.savefig(path, format=fmt, dpi=110, bbox_inches="tight", **extra)
 
 
 def project_2d(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -209,7 +221,7 @@ def _embedding_plot(result, inputs, path: Path, max_points: int, seed: int) -> s
     ax.set_ylabel("component 2")
     ax.legend(loc="best", framealpha=0.9, markerscale=1.5)
     ax.grid(alpha=0.2)
-    _save(fig, path)
+    save_figure(fig, path)
     shown = f"{len(rows):,} of {inputs.n:,} frames" if len(rows) < inputs.n else f"all {inputs.n:,} frames"
     return f"{method}; {shown} shown, every selected frame among them."
 
@@ -266,7 +278,7 @@ def _class_plot(result, inputs, path: Path) -> str | None:
     ax.set_title("Class distribution: input vs selected" + (" vs target" if target is not None else ""))
     ax.legend(framealpha=0.9)
     ax.grid(axis="y", alpha=0.25)
-    _save(fig, path)
+    save_figure(fig, path)
     err = (
         f" Total variation distance selected-target: {0.5 * np.abs(sel - target).sum():.3f}."
         if target is not None
@@ -309,7 +321,7 @@ def _density_plot(result, inputs, path: Path) -> str | None:
     ax.set_title("Selected frames along each video's timeline")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
-    _save(fig, path)
+    save_figure(fig, path)
     more = (
         f" The {MAX_VIDEOS} videos with the most selected frames of {len(names)}."
         if len(names) > MAX_VIDEOS
@@ -356,7 +368,7 @@ def _examples(result, inputs, images, folder: Path, limit: int, labels=None) -> 
         ax.set_title(f"#{rank + 1}  {shown}", fontsize=9)
         ax.set_axis_off()
         file = f"{rank + 1:03d}-{_SAFE.sub('_', Path(name).stem)}.jpg"
-        _save(fig, folder / file)
+        save_figure(fig, folder / file)
         out.append((f"examples/{file}", f"{shown}: {n_boxes} predicted boxes"))
     return out
 
@@ -365,7 +377,7 @@ def _examples(result, inputs, images, folder: Path, limit: int, labels=None) -> 
 # HTML
 # ---------------------------------------------------------------------------------------
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330;padding:0 1rem}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #dde3ea;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #dde3ea;padding:.3rem .7rem;text-align:right}
@@ -434,7 +446,7 @@ def _html(result, inputs, title, plots, examples, notes, labels) -> str:
         )
         ex = f"<h2>Example selected frames</h2><div class='grid'>{cells}</div>"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{_CSS}</style></head>
+<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{_esc(title)}</h1>
 <p>Selected <b>{len(result.selected):,}</b> of {inputs.n:,} frames (budget {result.budget:,}); stopped: <b>{_esc(result.stop_reason)}</b>;

@@ -8,9 +8,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from framesift_airflow.links import ClearMLRunLink
+from framesift_airflow.links import ClearMLRunLink, DriftReportLink
 from framesift_airflow.operators.base import ConfigOperator, attempt_of, framesift_hook
-from framesift_airflow.urls import airflow_run_url, page_url
+from framesift_airflow.urls import airflow_run_url, page_url, s3_link
 
 
 def _report_uri(cfg, run_id: str) -> str:
@@ -30,21 +30,37 @@ def _read_report(hook, uri: str) -> dict[str, Any]:
 
 class DriftSignalsOperator(ConfigOperator):
     """Compute every drift signal of the recent window(s) against the reference; write the
-    report to S3 and return its URI with the level of each source."""
+    report to S3, as JSON and as a page for on-call (HTML, link: *Drift report*), and
+    return their URIs with the level of each source."""
 
     ui_color = "#fdf8e8"
+    operator_extra_links = (DriftReportLink(),)
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.drift.monitor import compute, format_report
+        from framesift.drift.report import publish
         from framesift.io.s3 import parse_s3_uri, put_json
 
         hook = framesift_hook(self.config_path)
         report = compute(hook.s3, hook.db, hook.config)
-        report["run_id"] = context["run_id"]
-        uri = _report_uri(hook.config, context["run_id"])
+        report["run_id"] = run_id = context["run_id"]
+        uri = _report_uri(hook.config, run_id)
         put_json(hook.s3, *parse_s3_uri(uri), report)
         self.log.info("drift report %s\n%s", uri, format_report(report))
-        return {"report_uri": uri, "levels": {w["source"]: w["level"] for w in report["windows"]}}
+        links = {"Airflow run": airflow_run_url(context["dag"].dag_id, run_id)}
+        try:
+            page = publish(hook.s3, hook.db, hook.config, report, uri, links=links)
+        except Exception as exc:  # noqa: BLE001 - the page must not stop the alerting; they link the JSON
+            self.log.warning("could not write the drift report's page (%s: %s)", type(exc).__name__, exc)
+            page = None
+        if page:
+            DriftReportLink.persist(context, s3_link(hook.s3, page))
+            self.log.info("drift report page %s", page)
+        return {
+            "report_uri": uri,
+            "report_html_uri": page,
+            "levels": {w["source"]: w["level"] for w in report["windows"]},
+        }
 
 
 class DriftReportOperator(ConfigOperator):
@@ -118,6 +134,7 @@ class UpdateIncidentsOperator(DriftReportOperator):
             report_uri=self.signals["report_uri"],
             clearml_url=self.signals.get("clearml_url"),
             airflow_run_url=self.signals.get("airflow_run_url"),
+            report_html_uri=self.signals.get("report_html_uri"),
         )
         for what, ids in changes.items():
             if ids:
@@ -134,18 +151,15 @@ class DeliverAlertsOperator(ConfigOperator):
 
     def execute(self, context) -> dict[str, Any]:
         from framesift.drift.incidents import deliver, render_message
-        from framesift.io.s3 import http_url
         from framesift_airflow.notifiers import notifier_for
 
         hook = framesift_hook(self.config_path)
 
+        def openable(uri: str) -> str:  # read outside Airflow: absolute, or presigned
+            return s3_link(hook.s3, uri, absolute=True)
+
         def render(incident, item):
-            return render_message(
-                incident,
-                item,
-                frame_url=lambda u: http_url(hook.s3, u),
-                report_url=lambda u: http_url(hook.s3, u),
-            )
+            return render_message(incident, item, frame_url=openable, report_url=openable)
 
         def send(channel, message):
             notifier_for(channel, message).notify(context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from framesift.io.s3 import http_url
 from framesift_airflow.links import SelectionReportLink
 from framesift_airflow.operators.base import (
     DONE,
@@ -16,20 +15,13 @@ from framesift_airflow.operators.base import (
     framesift_hook,
     video_refs,
 )
+from framesift_airflow.urls import s3_link
 
 
 def to_work_on(videos: Any) -> list[dict[str, Any]]:
     """The per-video outcomes a batch stage works on: not those an earlier stage passed on
     as nothing to do in this run (another run has them, or they finished earlier)."""
     return [v for v in videos or [] if v.get("route") != DONE]
-
-
-def report_link(s3, uri: str) -> str:
-    """The Selection report link: through the api-server's framesift pages when Airflow
-    serves them (never expires, no bucket access needed), else a presigned S3 URL."""
-    from framesift_airflow.urls import page_url
-
-    return page_url("s3", uri=uri) or http_url(s3, uri)
 
 
 class PlanSelectionOperator(BatchOperator):
@@ -134,7 +126,7 @@ class SelectFramesOperator(BatchOperator):
             )
             raise
         if record.get("report_uri"):
-            SelectionReportLink.persist(context, report_link(hook.s3, record["report_uri"]))
+            SelectionReportLink.persist(context, s3_link(hook.s3, record["report_uri"]))
         self.log.info(
             "selected %d of %s frames from %d video(s)%s; report: %s",
             len(record.get("selected", [])),
