@@ -78,7 +78,8 @@ airflow-db: $(AIRFLOW_DB)
 labelstudio: $(STAMP)
 	$(PY) -m framesift.local.label_studio --prepare
 
-# Postgres and Redis binaries (Debian packages) for the CeleryExecutor test in tests/scale/
+# Debian packages for the tests: Postgres and Redis (the CeleryExecutor test in tests/scale/),
+# Chromium (the operator journey's screenshots in tests/e2e/)
 services:
 	@bash scripts/ensure_services.sh
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Postgres and Redis server binaries for the Celery scale-out test (tests/scale/), from
-# Debian's packages. Installs only what is missing; the test starts its own throwaway
-# servers under var/ (the packages' own system services are never started here).
+# Debian packages the tests need: Postgres and Redis server binaries for the Celery
+# scale-out test (tests/scale/), Chromium for the operator journey's screenshots
+# (tests/e2e/test_operator_journey.py). Installs only what is missing; the tests start
+# their own throwaway servers under var/ (the packages' own system services are never
+# started here).
 set -euo pipefail
 
 have_postgres() {
@@ -11,6 +13,7 @@ have_postgres() {
 missing=()
 have_postgres || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 SUDO=""

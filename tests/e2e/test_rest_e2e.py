@@ -90,9 +90,19 @@ class Airflow(LocalAirflow):
         resp = self.client.get(
             f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
             params={"map_index": ti["map_index"], "full_content": True},
-            headers={"Accept": "text/plain"},
         )
-        return resp.text
+        if resp.status_code != 200:
+            return resp.text
+        # Airflow 3.3 answers JSON (text/plain is refused): {"content": [{"event": ...,
+        # "error_detail": [{"exc_type": ..., "exc_value": ...}]}, ...]}
+        lines = []
+        for line in resp.json().get("content") or []:
+            if not isinstance(line, dict):
+                lines.append(str(line))
+                continue
+            lines.append(str(line.get("event", "")))
+            lines += [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in line.get("error_detail") or []]
+        return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
