@@ -36,7 +36,7 @@ def drift_run(stack, s3, mongo, tmp_path_factory):
         "reference_frames": 33,  # the 13 s reference clip
         "group_by": "folder",
         "alerts": {"sample_frames": 3},
-        "labeling": {"n_samples": 3},
+        "labeling": {"n_samples": 3, "mode": "auto"},  # sent at once: the alert links the sequences
     }
     cfg, _ = drift_config(stack, tmp, "r", drift)
     db = mongo[cfg.mongo.database]
