@@ -11,7 +11,7 @@ import pytest
 
 from framesift.selection.engine import select
 from framesift.selection.inputs import SelectionInputs
-from framesift.selection.report import build_report, project_2d
+from framesift.selection.report import bucket_labels, build_report, project_2d
 from framesift.selection.spec import parse_selection
 
 CATS = [{"id": 0, "name": "car"}, {"id": 1, "name": "person"}, {"id": 2, "name": "bike"}]
@@ -168,3 +168,15 @@ def test_pca_projection():
     assert method.startswith("PCA") or method == "UMAP"
     if method.startswith("PCA"):
         assert abs(np.corrcoef(coords[:, 0], x[:, 0])[0, 1]) > 0.99
+
+
+def test_balance_buckets_are_named_by_video_file_not_by_video_id():
+    """A shot balance's buckets are ``<video id>:<shot>``: the plot names them by the file."""
+    inputs = SelectionInputs(
+        frame_names=["0123456789abcdef/a-0-mp4.png", "fedcba9876543210/b-0-mp4.png"],
+        embeddings=None,
+        video_keys=["videos/cam1/bikes.mp4", "videos/cam2/a very long name of a parking lot.mp4"],
+    )
+    labels = bucket_labels(["0123456789abcdef:3", "fedcba9876543210:12", "car"], inputs)
+    assert labels[0] == "bikes.mp4 #3" and labels[2] == "car"
+    assert len(labels[1]) == 28 and labels[1].endswith("…") and labels[1].startswith("a very long")

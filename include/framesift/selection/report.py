@@ -251,11 +251,28 @@ def _class_shares(result, inputs) -> tuple[list[str], np.ndarray, np.ndarray, np
     )
 
 
+def bucket_labels(classes: list[str], inputs: SelectionInputs, width: int = 28) -> list[str]:
+    """Bucket names a reader knows: a per-video value such as a shot (``<video id>:<n>``)
+    becomes ``<video file> #<n>``; long names are cut to ``width`` characters."""
+    files = {
+        f.split("/", 1)[0]: k.rsplit("/", 1)[-1]
+        for f, k in zip(inputs.frame_names, inputs.video_keys or [], strict=False)
+    }
+    out = []
+    for c in classes:
+        vid, sep, rest = c.partition(":")
+        name = f"{files[vid]} #{rest}" if sep and vid in files else c
+        out.append(name if len(name) <= width else name[: width - 1] + "…")
+    return out
+
+
 def _class_plot(result, inputs, path: Path) -> str | None:
     shares = _class_shares(result, inputs)
     if shares is None:
         return None
     classes, inp, sel, target, what = shares
+    classes = bucket_labels(classes, inputs)
+    frames = "METADATA" in what  # a metadata balance counts frames, a prediction one objects
     order = np.argsort(-inp, kind="stable")
     if len(order) > 30:  # the 30 most frequent in the input
         order = order[:30]
@@ -272,10 +289,11 @@ def _class_plot(result, inputs, path: Path) -> str | None:
     ax.set_xticks(
         pos, [classes[i] for i in order], rotation=30 if n > 6 else 0, ha="right" if n > 6 else "center"
     )
-    ax.set_ylabel("share of objects")
+    ax.set_ylabel("share of frames" if frames else "share of objects")
     ax.set_ylim(0, max(0.05, float(max(v[order].max() for _, v, _ in bars)) * 1.15))
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    ax.set_title("Class distribution: input vs selected" + (" vs target" if target is not None else ""))
+    title = f"Balance over {what.split('METADATA:')[-1].rstrip(')')}" if frames else "Class distribution"
+    ax.set_title(f"{title}: input vs selected" + (" vs target" if target is not None else ""))
     ax.legend(framealpha=0.9)
     ax.grid(axis="y", alpha=0.25)
     save_figure(fig, path)
