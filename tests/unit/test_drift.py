@@ -18,6 +18,7 @@ from framesift.drift.signals import (
     INSUFFICIENT,
     NORMAL,
     FrameSet,
+    class_signal,
     evaluate,
     js_distance,
     mmd2_permutation,
@@ -298,3 +299,16 @@ def test_drift_sources_are_folders_by_default():
     assert source_of("videos/cam1/a.mp4", DriftConfig()) == "videos/cam1/"
     assert source_of("videos/cam2/b.mp4", DriftConfig()) == "videos/cam2/"
     assert source_of("videos/cam2/b.mp4", DriftConfig(group_by="all")) == "all"
+
+
+def test_class_shift_note_names_the_bins_that_moved_most_and_no_empty_ones():
+    """The PSI note is read by on-call (alert, page, CLI): the 80 COCO bins of a detector
+    would bury the two that moved, so empty bins are left out, the largest changes first."""
+    rng = np.random.default_rng(5)
+    ref = make_set(rng, frames=20, class_p=(1.0, 0.0, 0.0), tag="r")
+    win = make_set(rng, frames=20, class_p=(0.0, 0.0, 1.0), tag="w")
+    (psi_stat, _) = class_signal(ref, win, cfg())
+    note = psi_stat.note
+    assert note.startswith("bins ") and "person" not in note  # 0 -> 0 on both sides
+    moved = [part.split(":")[0] for part in note.removeprefix("bins ").split(", ")]
+    assert set(moved[:2]) == {"car", "bike"}

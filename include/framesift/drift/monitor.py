@@ -22,6 +22,7 @@ from typing import Any
 from framesift.config.schema import DriftConfig, PipelineConfig
 from framesift.drift.signals import FAMILIES, INSUFFICIENT, FrameSet, evaluate, signal_window
 from framesift.inference import predictions
+from framesift.inference.models import inferred_model_version
 from framesift.inference.predictions import load_video_outputs
 from framesift.ingest import registry
 from framesift.io.layout import video_folder
@@ -174,7 +175,12 @@ def collect(s3, db, cfg: PipelineConfig) -> tuple[FrameSet, dict[str, FrameSet],
         how = "the earliest inferred videos"
     ref_ids = {d["_id"] for d in ref_docs}
     other = [d for d in ref_docs if model_identity(d) != identity]
-    model_info: dict[str, Any] = {"serving": identity, "reference": "same model"}
+    model_info: dict[str, Any] = {
+        "serving": identity,
+        # what a person reads (name@weights hash), not the checkpoint's path
+        "serving_version": inferred_model_version(serving.get("inference") or {}) if serving else None,
+        "reference": "same model",
+    }
     suspended = None
     parts = [load_frames(s3, cfg, d, tasks) for d in ref_docs if d not in other]
     if other and not dc.reference_reinfer:

@@ -35,6 +35,7 @@ from framesift.io.s3 import get_bytes, parse_s3_uri, put_bytes
 log = logging.getLogger("framesift.drift")
 
 THUMB_WIDTH = 320
+MAX_CLASS_BARS = 12  # classes in the reference-vs-window plot
 _LEVEL_COLORS = {"normal": "#2ca02c", WARNING: "#ff7f0e", CRITICAL: "#d62728", INSUFFICIENT: "#9aa7b8"}
 _REF, _WIN, _OUT = "#9aa7b8", "#1f77b4", "#d62728"
 
@@ -118,6 +119,12 @@ def _plots(window: Mapping[str, Any], critical_factor: float) -> bytes | None:
                 np.asarray(hist["window"], float),
             )
             ref, win = ref / (ref.sum() or 1), win / (win.sum() or 1)
+            # the classes seen on either side, those that moved most first (an 80-class
+            # detector's empty bins would bury them)
+            keep = [i for i in np.argsort(-np.abs(win - ref), kind="stable") if ref[i] or win[i]][
+                :MAX_CLASS_BARS
+            ]
+            names, ref, win = [names[i] for i in keep], ref[keep], win[keep]
             x = np.arange(len(names))
             ax.bar(x - 0.2, ref, 0.4, color=_REF, label="reference")
             ax.bar(x + 0.2, win, 0.4, color=_WIN, label="window")
@@ -227,7 +234,7 @@ def render_html(
     ]
     if model:
         head.append(
-            f"<p class='muted'>Serving model {html.escape(str(model.get('serving')))}; reference: "
+            f"<p class='muted'>Serving model {html.escape(str(model.get('serving_version') or model.get('serving')))}; reference: "
             f"{html.escape(str(model.get('reference')))}.</p>"
         )
     if report.get("suspended"):

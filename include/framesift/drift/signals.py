@@ -379,6 +379,15 @@ def chi2_p_value(ref_counts: np.ndarray, win_counts: np.ndarray) -> float:
     return float(chi2.sf(stat, table.shape[1] - 1))
 
 
+def _bins_note(names, ref_counts, win_counts, most: int = 8) -> str:
+    """``"bins car: 12->3, person: 4->9, ..."`` (reference -> window counts): the bins that
+    changed most first, empty ones (0 on both sides) left out, at most ``most`` of them."""
+    rows = [(n, int(a), int(b)) for n, a, b in zip(names, ref_counts, win_counts, strict=True) if a or b]
+    rows.sort(key=lambda r: -abs(r[1] - r[2]))
+    text = ", ".join(f"{n}: {a}->{b}" for n, a, b in rows[:most])
+    return "bins " + text + (f" (+{len(rows) - most} more)" if len(rows) > most else "")
+
+
 def class_signal(ref: FrameSet, win: FrameSet, dc: DriftConfig) -> list[Statistic]:
     cc = dc.class_distribution
     names, rc = class_histogram(ref, ref.categories)
@@ -392,9 +401,7 @@ def class_signal(ref: FrameSet, win: FrameSet, dc: DriftConfig) -> list[Statisti
         "reference_frames": ref.n,
         "p_value": _r(p),
     }
-    note = "bins " + ", ".join(
-        f"{n}: {int(a)}->{int(b)}" for n, a, b in zip(names, rc, wc, strict=True)
-    )  # reference -> window counts
+    note = _bins_note(names, rc, wc)
     return [
         Statistic(
             name="psi",
