@@ -88,6 +88,7 @@ def _fmt(v: float | None) -> str:
 def _plots(window: Mapping[str, Any], critical_factor: float) -> bytes | None:
     """One PNG of the window's plots: statistics over threshold, classes, embeddings."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import PercentFormatter
 
     from framesift.selection.report import save_figure  # matplotlib
 
@@ -131,7 +132,7 @@ def _plots(window: Mapping[str, Any], critical_factor: float) -> bytes | None:
             ax.set_xticks(
                 x, names, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center"
             )
-            ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
             ax.set_title("Predicted classes: reference vs window")
             ax.legend(fontsize=8)
         else:

@@ -39,6 +39,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import PercentFormatter
 
 from framesift.io import layout
 from framesift.io.s3 import join_key, put_bytes, s3_uri
@@ -286,12 +287,12 @@ def _class_plot(result, inputs, path: Path) -> str | None:
         bars.append(("target", target, _TARGET))
     for j, (label, values, color) in enumerate(bars):
         ax.bar(pos + (j - (len(bars) - 1) / 2) * width, values[order], width, label=label, color=color)
-    ax.set_xticks(
-        pos, [classes[i] for i in order], rotation=30 if n > 6 else 0, ha="right" if n > 6 else "center"
-    )
+    ticks = [classes[i] for i in order]
+    tilt = n > 6 or max(len(t) for t in ticks) * n > 60  # labels that would run into each other
+    ax.set_xticks(pos, ticks, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_ylabel("share of frames" if frames else "share of objects")
     ax.set_ylim(0, max(0.05, float(max(v[order].max() for _, v, _ in bars)) * 1.15))
-    ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
     title = f"Balance over {what.split('METADATA:')[-1].rstrip(')')}" if frames else "Class distribution"
     ax.set_title(f"{title}: input vs selected" + (" vs target" if target is not None else ""))
     ax.legend(framealpha=0.9)
