@@ -208,22 +208,27 @@ def respond(
     ``backend_factory()`` makes the labeling backend (only called when there is work).
     Returns one summary per window: selection id, frames, labeling state, queue record ids.
     """
-    out = []
+    out: dict[str, dict[str, Any]] = {}  # by selection id: an approved one pushed below replaces its entry
     backend = None
+
+    def summary(
+        selection: dict[str, Any], state: str, incident_ids: list[str], queue_ids=()
+    ) -> dict[str, Any]:
+        return {
+            "source": selection["source"],
+            "selection_id": selection["_id"],
+            "frames": len(selection["selected"]),
+            "labeling": state,
+            "queue_ids": list(queue_ids),
+            "incidents": incident_ids,
+        }
 
     def push(selection: dict[str, Any], incident_ids: list[str]) -> dict[str, Any]:
         nonlocal backend
         backend = backend or backend_factory()
         records = push_drifted(s3, db, cfg, selection, backend, owner=owner, incident_ids=incident_ids)
         _set_labeling(db, selection["_id"], PUSHED)
-        return {
-            "source": selection["source"],
-            "selection_id": selection["_id"],
-            "frames": len(selection["selected"]),
-            "labeling": PUSHED,
-            "queue_ids": [r["_id"] for r in records],
-            "incidents": incident_ids,
-        }
+        return summary(selection, PUSHED, incident_ids, [r["_id"] for r in records])
 
     for window in report.get("windows", []):
         if window["level"] not in (WARNING, CRITICAL):
@@ -238,7 +243,7 @@ def respond(
         if not selection.get("selected"):
             continue
         if cfg.drift.labeling.mode == "auto":
-            out.append(push(selection, incident_ids))
+            out[selection["_id"]] = push(selection, incident_ids)
             continue
         state = _hold(db, selection["_id"], incident_ids)
         if state == HELD:
@@ -250,22 +255,10 @@ def respond(
                 window["source"],
                 ", ".join(incident_ids) or "its incidents",
             )
-        out.append(
-            {
-                "source": selection["source"],
-                "selection_id": selection["_id"],
-                "frames": len(selection["selected"]),
-                "labeling": state,
-                "queue_ids": [],
-                "incidents": incident_ids,
-            }
-        )
-    done = {item["selection_id"] for item in out if item["labeling"] == PUSHED}
+        out[selection["_id"]] = summary(selection, state, incident_ids)
     for selection in db[SELECTIONS].find({"kind": TAG, "labeling.state": APPROVED}):
-        if selection["_id"] not in done:
-            item = push(selection, list(selection["labeling"].get("incident_ids") or []))
-            out = [o for o in out if o["selection_id"] != selection["_id"]] + [item]
-    return out
+        out[selection["_id"]] = push(selection, list(selection["labeling"].get("incident_ids") or []))
+    return list(out.values())
 
 
 def _hold(db: Database, sid: str, incident_ids: list[str]) -> str:
