@@ -59,3 +59,20 @@ def test_a_static_or_noisy_shot_is_one_shot():
     red = np.zeros_like(base)
     red[..., 2] = 200
     assert detector.update(red) == 1  # a new place: a cut
+
+
+def test_light_drifting_across_a_bin_edge_is_not_a_cut():
+    # one place whose tint drifts slowly (dusk, white balance): with one histogram binning the
+    # whole hue peak jumps to the next bin at some frame and that frame looked like a cut
+    import cv2
+
+    rng = np.random.default_rng(1)
+    grey = cv2.GaussianBlur(rng.integers(60, 255, (120, 160), dtype=np.uint8), (0, 0), 2)
+    detector = ShotDetector()
+    shots = []
+    for hue in np.linspace(4, 40, 25):  # crosses bin edges (16 bins over OpenCV's 0-179 hue)
+        hsv = np.dstack([np.full_like(grey, int(round(hue))), np.full_like(grey, 150), grey])
+        shots.append(detector.update(cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)))
+    assert set(shots) == {0}
+    other = np.dstack([np.full_like(grey, 120), np.full_like(grey, 150), grey])  # another place
+    assert detector.update(cv2.cvtColor(other, cv2.COLOR_HSV2BGR)) == 1

@@ -10,6 +10,9 @@ import numpy as np
 # frames above which they are in different shots: on bikes.mp4 (25 fps) it finds the five
 # cuts one sees and nothing else
 CUT_DISTANCE = 0.3
+# hue / saturation bins of the shot histograms (OpenCV hue runs 0-179)
+_HUE_BINS, _SAT_BINS = 16, 16
+_HALF_HUE, _HALF_SAT = 180 // _HUE_BINS // 2, 256 // _SAT_BINS // 2
 # thumbnail side the per-frame metadata and shots are measured on (~1 ms a frame)
 METADATA_SIDE = 320
 
@@ -56,22 +59,46 @@ def frame_metadata(image: np.ndarray) -> dict[str, float]:
 
 
 class ShotDetector:
-    """Numbers the shots of one video as its sampled frames come in (BGR, in time order)."""
+    """Numbers the shots of one video as its sampled frames come in (BGR, in time order).
+
+    A cut is a hue-saturation histogram change above ``cut_distance`` in two binnings, the
+    second offset by half a bin: light that drifts slowly across a bin edge (a dusk, a
+    camera's white balance, the one-tint frames of generated video) moves a whole
+    histogram peak into the next bin of one binning but stays inside a bin of the other,
+    while a real cut moves both. With one binning, generated clips with a slow tint cycle
+    showed about 3 shots per scene (99 false cuts in 960 frames, 17 with two; the
+    remaining ones are real jumps into static stretches); bikes.mp4's five cuts score the
+    same either way."""
 
     def __init__(self, cut_distance: float = CUT_DISTANCE):
         self.cut_distance = cut_distance
         self.shot = -1
-        self._previous: np.ndarray | None = None
+        self._previous: tuple[np.ndarray, np.ndarray] | None = None
 
-    def update(self, bgr: np.ndarray) -> int:
-        """The shot of this frame (0 for the first)."""
+    @staticmethod
+    def _histograms(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import cv2  # OpenCV is already loaded wherever frames are decoded
 
         hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV)
-        hist = cv2.calcHist([hsv], [0, 1], None, [16, 16], [0, 180, 0, 256])
-        hist = cv2.normalize(hist, None).flatten()
-        prev, self._previous = self._previous, hist
-        if prev is None or cv2.compareHist(prev, hist, cv2.HISTCMP_BHATTACHARYYA) > self.cut_distance:
+        shifted = hsv.astype(np.int16)
+        shifted[..., 0] = (shifted[..., 0] + _HALF_HUE) % 180  # hue is an angle
+        shifted[..., 1] = np.minimum(shifted[..., 1] + _HALF_SAT, 255)
+        out = []
+        for image in (hsv, shifted.astype(np.uint8)):
+            hist = cv2.calcHist([image], [0, 1], None, [_HUE_BINS, _SAT_BINS], [0, 180, 0, 256])
+            out.append(cv2.normalize(hist, None).flatten())
+        return out[0], out[1]
+
+    def update(self, bgr: np.ndarray) -> int:
+        """The shot of this frame (0 for the first)."""
+        import cv2
+
+        hists = self._histograms(bgr)
+        prev, self._previous = self._previous, hists
+        if prev is None or all(
+            cv2.compareHist(p, h, cv2.HISTCMP_BHATTACHARYYA) > self.cut_distance
+            for p, h in zip(prev, hists, strict=True)
+        ):
             self.shot += 1
         return self.shot
 
