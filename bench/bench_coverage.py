@@ -384,7 +384,9 @@ def evaluate(name: str, d: dict, k: int) -> dict:
         methods.insert(1, "framesift_cascade")
     out: dict = {"budget": k, "methods": {}}
     if "apricot_facility_location" not in methods:
-        out["methods"]["apricot_facility_location"] = {"skipped": "apricot-select not installed (requirements-bench.txt)"}
+        out["methods"]["apricot_facility_location"] = {
+            "skipped": "apricot-select not installed (requirements-bench.txt)"
+        }
     for m in methods:
         t0 = time.perf_counter()
         sel, extra = run_method(m, d, k)

@@ -50,7 +50,9 @@ def test_cascade_in_both_paths_then_selection_and_drift(s3, db, isolated, tmp_pa
         all_names = manifest["frame_names"]
         # every frame is still in S3 (labeling sequences show them) ...
         bucket, prefix = parse_s3_uri(manifest["frames_prefix"])
-        stored = {o.key.rsplit("/", 1)[-1] for o in list_objects(s3, bucket, prefix) if "/.lightly/" not in o.key}
+        stored = {
+            o.key.rsplit("/", 1)[-1] for o in list_objects(s3, bucket, prefix) if "/.lightly/" not in o.key
+        }
         assert set(all_names) <= stored
         # ... but only the gated ones have a prediction and an embedding row
         assert inf["frames_cascade_skipped"] > 0 and inf["frames"] >= 1

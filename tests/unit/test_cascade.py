@@ -74,7 +74,9 @@ def test_gate_is_deterministic():
 def test_cascade_config_defaults_and_validation():
     c = parse_config({}).inference.cascade
     assert c.enabled is False and c.min_distance == 0.15 and c.max_skip_frames == 30
-    on = parse_config({"inference": {"cascade": {"enabled": True, "min_distance": 0.3, "max_skip_frames": None}}})
+    on = parse_config(
+        {"inference": {"cascade": {"enabled": True, "min_distance": 0.3, "max_skip_frames": None}}}
+    )
     assert on.inference.cascade.enabled and on.inference.cascade.max_skip_frames is None
     for bad in ({"min_distance": 0}, {"min_distance": 2.5}, {"max_skip_frames": 0}, {"threshold": 0.1}):
         with pytest.raises(ConfigError, match="inference.cascade"):
