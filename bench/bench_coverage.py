@@ -26,7 +26,12 @@ recipe once enough frames are labeled: DIVERSITY x WEIGHTS(uncertainty_entropy);
 there are predictions), ``random`` (10 seeds: mean and 95 % interval), ``uniform_in_time``
 (evenly spaced along each video's timeline, the budget split by video length) and
 ``apricot_facility_location`` (apricot-select 0.6.1 on a 20-nearest-neighbour graph, the
-graph's time reported apart from the selection's).
+graph's time reported apart from the selection's). Where there are images,
+``framesift_cascade``: the detector cascade (``inference.cascade``, its default thresholds:
+``framesift.inference.cascade``) gates each video's frames in time order by their cheap
+embedding, the default recipe selects among the frames the detector ran on only, and the
+metrics are over ALL frames; ``detector_share`` is the share of frames the detector ran on
+(the cheap embedding's own time per frame: ``cascade_cheap_embedding_ms``).
 
 Each data set is selected at two budgets: one below its number of scenes (a team's usual
 budget) and one around it (can every scene be covered?).
@@ -48,6 +53,7 @@ Run: .venv/bin/python bench/bench_coverage.py   Results: bench/results/coverage.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import statistics
@@ -69,6 +75,7 @@ from framesift.selection.metrics import coverage  # noqa: E402
 from framesift.selection.spec import parse_selection  # noqa: E402
 
 RANDOM_SEEDS = 10
+CHEAP_TIMINGS: list[tuple[int, float, tuple[int, int]]] = []  # (frames, seconds, frame size)
 DIV = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
 
@@ -169,6 +176,16 @@ def _embed(images: list[np.ndarray]) -> tuple[np.ndarray, list]:
     return np.concatenate(embs), preds, [{"id": i, "name": n} for i, n in detector.categories.items()]
 
 
+def _cheap(images: list[np.ndarray]) -> np.ndarray:
+    """The cascade's cheap embedding of every frame (``framesift.inference.cascade``)."""
+    from framesift.inference.cascade import cheap_embedding
+
+    t0 = time.perf_counter()
+    out = np.stack([cheap_embedding(im) for im in images])
+    CHEAP_TIMINGS.append((len(images), time.perf_counter() - t0, images[0].shape[:2]))
+    return out
+
+
 def generated_video(seed: int = 0) -> dict:
     rows = list(_scenes_of_painters(seed))
     emb, preds, cats = _embed([r[4] for r in rows])
@@ -182,6 +199,7 @@ def generated_video(seed: int = 0) -> dict:
         [r[3] for r in rows],
     )
     d["shot"] = _shots([r[4] for r in rows], [r[0] for r in rows])
+    d["cheap"] = _cheap([r[4] for r in rows])
     return d
 
 
@@ -212,6 +230,7 @@ def real_footage() -> dict:
     emb, preds, cats = _embed(images)
     d = _dataset(_unit(emb), scene, video, index, preds, cats)
     d["shot"] = _shots(images, video)
+    d["cheap"] = _cheap(images)
     return d
 
 
@@ -230,6 +249,7 @@ def _dataset(x, scene, video, index, preds, cats, static=None) -> dict:
         "near_duplicate_distance": float(np.median(step)) if len(step) else 0.0,
         "static": None if static is None else np.asarray(static, dtype=bool),
         "shot": None,  # what extraction records, where there are images
+        "cheap": None,  # the cascade's cheap embeddings, where there are images
     }
 
 
@@ -256,6 +276,12 @@ def run_method(method: str, d: dict, k: int, seed: int = 0) -> tuple[np.ndarray,
         res = select(_inputs(d), parse_selection({"n_samples": k}, labeled=0))
         extra["regime"] = (res.spec or {}).get("regime", {}).get("text")
         return res.selected, extra
+    if method == "framesift_cascade":
+        mask = cascade_mask(d)
+        rows = np.flatnonzero(mask)
+        res = select(_inputs(_subset(d, mask)), parse_selection({"n_samples": min(k, len(rows))}, labeled=0))
+        extra["detector_share"] = round(float(mask.mean()), 5)
+        return rows[res.selected], extra
     if method == "framesift_diversity":
         return select(_inputs(d), parse_selection({"n_samples": k, "strategies": [DIV]})).selected, extra
     if method == "framesift_warm":
@@ -269,6 +295,33 @@ def run_method(method: str, d: dict, k: int, seed: int = 0) -> tuple[np.ndarray,
     if method == "apricot_facility_location":
         return apricot_select(d["x"], k)
     raise SystemExit(f"unknown method {method}")
+
+
+def cascade_mask(d: dict) -> np.ndarray:
+    """The frames the detector cascade (``inference.cascade`` with its default thresholds)
+    sends to the detector: each video's frames in time order through the gate."""
+    from framesift.config.schema import CascadeConfig
+    from framesift.inference.cascade import gate_mask
+
+    cfg = CascadeConfig()
+    mask = np.zeros(len(d["x"]), dtype=bool)
+    for v in np.unique(d["video"]):
+        rows = np.flatnonzero(d["video"] == v)
+        rows = rows[np.argsort(d["index"][rows], kind="stable")]
+        mask[rows] = gate_mask(d["cheap"][rows], cfg.min_distance, cfg.max_skip_frames)
+    return mask
+
+
+def _subset(d: dict, mask: np.ndarray) -> dict:
+    """The data set restricted to the frames of ``mask`` (what selection sees after the cascade)."""
+    out = dict(d)
+    for key in ("x", "scene", "video", "index", "static", "cheap"):
+        if d[key] is not None:
+            out[key] = d[key][mask]
+    for key in ("predictions", "shot"):
+        if d[key] is not None:
+            out[key] = [v for v, keep in zip(d[key], mask, strict=True) if keep]
+    return out
 
 
 def uniform_in_time(video: np.ndarray, index: np.ndarray, k: int) -> np.ndarray:
@@ -322,10 +375,18 @@ def _mean_ci(values: list[float]) -> dict:
 
 
 def evaluate(name: str, d: dict, k: int) -> dict:
-    methods = ["framesift_default", "framesift_diversity", "uniform_in_time", "apricot_facility_location"]
+    methods = ["framesift_default", "framesift_diversity", "uniform_in_time"]
+    if importlib.util.find_spec("apricot") is not None:
+        methods.append("apricot_facility_location")
     if d["predictions"] is not None:
         methods.insert(2, "framesift_warm")
+    if d["cheap"] is not None:  # the detector cascade needs the images (its cheap embedding)
+        methods.insert(1, "framesift_cascade")
     out: dict = {"budget": k, "methods": {}}
+    if "apricot_facility_location" not in methods:
+        out["methods"]["apricot_facility_location"] = {
+            "skipped": "apricot-select not installed (requirements-bench.txt)"
+        }
     for m in methods:
         t0 = time.perf_counter()
         sel, extra = run_method(m, d, k)
@@ -390,9 +451,13 @@ def main() -> int:
             "scene_recall": {
                 m: (v["scene_recall"]["mean"] if isinstance(v["scene_recall"], dict) else v["scene_recall"])
                 for m, v in head.items()
+                if "scene_recall" in v  # not a method skipped for a missing package
             },
             "elapsed_s": round(time.monotonic() - started, 1),
             "quick": args.quick,
+            "cascade_cheap_embedding_ms": {
+                f"{w}x{h}": round(1000 * sec / n, 3) for n, sec, (h, w) in CHEAP_TIMINGS
+            },
             "machine": {"cpu_threads": os.cpu_count()},
         },
         what="coverage of the footage by the selected frames (radius, mean distance, scene recall, "

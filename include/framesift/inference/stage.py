@@ -101,6 +101,7 @@ def inference_fields(summary: dict[str, Any]) -> dict[str, Any]:
     keep = (
         "frames",
         "frames_failed",
+        "frames_cascade_skipped",  # null: the cascade was off
         "frames_damaged_excluded",
         "boxes",
         "counts",

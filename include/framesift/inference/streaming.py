@@ -20,6 +20,7 @@ import numpy as np
 from framesift.config.schema import PipelineConfig
 from framesift.inference import predictions
 from framesift.inference.backends import cpu_threads
+from framesift.inference.cascade import CascadeGate
 from framesift.inference.detector import Detector
 from framesift.inference.embedders import SSL_BATCH_SIZE, Embedder, SimCLREmbedder, make_embedder
 from framesift.inference.models import PathLike, model_version
@@ -162,7 +163,10 @@ def run_inference(
     Frames are read from the manifest's ``frames_prefix`` by a reader pool at most
     ``inference.prefetch`` frames ahead, batched by ``inference.batch_size``; boxes and
     embeddings come from one forward pass per batch (embedding model "detector").
-    Undecodable or missing frames are skipped and listed in the summary. Re-running
+    Undecodable or missing frames are skipped and listed in the summary. With
+    ``inference.cascade`` on, a cheap embedding of each frame decides whether the detector
+    sees it (:mod:`framesift.inference.cascade`); the frames it skips get no prediction and
+    no embedding row, and are counted (``frames_cascade_skipped``). Re-running
     writes the same keys and removes prediction files of frames no longer listed.
     Returns a summary dict (plain JSON types).
     """
@@ -246,6 +250,16 @@ def run_inference(
         )
     writer = _Writer(put_prediction)
     progress = _Progress(log, stem, total)
+    cascade = inf.cascade
+    gate = CascadeGate(cascade.min_distance, cascade.max_skip_frames) if cascade.enabled else None
+    if gate is not None:
+        log.info(
+            "infer %s: cascade on: the detector runs on a frame farther than %.3f (cheap embedding) from "
+            "every frame it ran on%s",
+            stem,
+            cascade.min_distance,
+            f", at least once every {cascade.max_skip_frames + 1} frames" if cascade.max_skip_frames else "",
+        )
     batch_names: list[str] = []
     batch_images: list[np.ndarray] = []
 
@@ -267,7 +281,7 @@ def run_inference(
         rows.append(emb)
         batch_names.clear()
         batch_images.clear()
-        progress.update(len(done_names), n_failed)
+        progress.update(len(done_names), n_failed, None if gate is None else gate.skipped)
 
     source = prefetch_map(fetch, names, prefetch=inf.prefetch) if frames is None else frames
     ok = False
@@ -280,6 +294,9 @@ def run_inference(
                 if len(failed) < _MAX_FAILED_LISTED:
                     failed.append({"name": name, "reason": str(error)})
                 log.warning("infer %s: frame %s skipped: %s", stem, name, error)
+                continue
+            if gate is not None and not gate.admit(image):
+                progress.update(len(done_names), n_failed, gate.skipped)
                 continue
             batch_names.append(name)
             batch_images.append(image)
@@ -326,8 +343,9 @@ def run_inference(
 
     elapsed = time.monotonic() - started
     done = len(done_names)
+    skipped = None if gate is None else gate.skipped  # None: the cascade is off
     if frames is not None:
-        total = done + n_failed  # streamed: what came
+        total = done + n_failed + (skipped or 0)  # streamed: what came
     summary = {
         "video_id": vid,
         "status": "done" if total else "no_frames",
@@ -341,6 +359,7 @@ def run_inference(
         "frames_total": total,
         "frames": done,
         "frames_failed": n_failed,
+        "frames_cascade_skipped": skipped,
         "frames_damaged_excluded": len(damaged),
         "failed_frames": failed,
         "boxes": n_boxes,
@@ -361,11 +380,12 @@ def run_inference(
     if ssl_embedder is not None:
         summary["ssl"] = {"epochs": ssl.max_epochs, "backbone": ssl_embedder.kind, "losses": ssl_losses}
     log.info(
-        "infer %s: done, %d/%d frames (%d failed), %s in %.1f s (%.1f frames/s)",
+        "infer %s: done, %d/%d frames (%d failed%s), %s in %.1f s (%.1f frames/s)",
         stem,
         done,
         total,
         n_failed,
+        f", {skipped} skipped by the cascade" if gate is not None else "",
         detections_line(dict(counts), n_boxes),
         elapsed,
         summary["fps"],
@@ -395,30 +415,35 @@ class _Progress:
         self.started = time.monotonic()
         self.next_log = self.started + PROGRESS_EVERY_S
 
-    def update(self, done: int, failed: int) -> None:
+    def update(self, done: int, failed: int, skipped: int | None = None) -> None:
+        """``skipped``: frames the cascade kept from the detector (None: the cascade is off)."""
         now = time.monotonic()
         if now < self.next_log:
             return
         self.next_log = now + PROGRESS_EVERY_S
         elapsed = now - self.started
-        speed = (done + failed) / elapsed if elapsed > 0 else 0.0
+        seen = done + failed + (skipped or 0)
+        speed = seen / elapsed if elapsed > 0 else 0.0
+        cascade = f", {skipped} skipped by the cascade" if skipped is not None else ""
         if not self.total:  # frames streamed from the extraction: the total is not known yet
             self.log.info(
-                "infer %s: %d frames so far (streamed from extraction), %d failed, %.1f frames/s",
+                "infer %s: %d frames so far (streamed from extraction), %d failed%s, %.1f frames/s",
                 self.stem,
-                done + failed,
+                seen,
                 failed,
+                cascade,
                 speed,
             )
             return
-        left = (self.total - done - failed) / speed if speed > 0 else float("nan")
+        left = (self.total - seen) / speed if speed > 0 else float("nan")
         self.log.info(
-            "infer %s: %d/%d frames (%d%%), %d failed, %.1f frames/s, ETA %.0f s",
+            "infer %s: %d/%d frames (%d%%), %d failed%s, %.1f frames/s, ETA %.0f s",
             self.stem,
-            done + failed,
+            seen,
             self.total,
-            100 * (done + failed) // max(self.total, 1),
+            100 * seen // max(self.total, 1),
             failed,
+            cascade,
             speed,
             left,
         )

@@ -160,9 +160,12 @@ class InferOperator(PerVideoOperator):
         inf = outcome.get("inference") or {}
         if not outcome["skipped"]:
             self.log.info(
-                "%s: %s frames, %s, %s frames/s; predictions at %s",
+                "%s: %s frames%s, %s, %s frames/s; predictions at %s",
                 outcome["key"],
                 inf.get("frames"),
+                ""
+                if inf.get("frames_cascade_skipped") is None
+                else f" ({inf['frames_cascade_skipped']} more skipped by the cascade)",
                 detections_line(inf.get("counts"), inf.get("boxes")),
                 inf.get("fps"),
                 inf.get("predictions_prefix"),
