@@ -43,7 +43,9 @@ another pick of the same scene closer than the median distance between consecuti
 of a scene: a pick that adds nothing its neighbour did not), and the static share (share of
 the picks that fall in static stretches, beside the share of the frames that are static).
 
-Targets: radius and scene recall better than random's and uniform's on every data set;
+Targets: radius and scene recall better than random's and uniform's on every data set (or,
+for scene recall, at its ceiling ``scene_recall_ceiling`` = min(1, budget / scenes), which a
+baseline can also reach and nothing can beat);
 mean distance no more than 5 % worse than random's; at every budget. Top-level ``ratio``:
 random's radius / framesift's on ``generated_embeddings`` at its first budget.
 
@@ -400,11 +402,15 @@ def evaluate(name: str, d: dict, k: int) -> dict:
         out["methods"]["random"],
         out["methods"]["uniform_in_time"],
     )
+    # the best scene recall k picks can reach: every pick in a scene of its own. Where a
+    # baseline reaches it (uniform can, when scenes are about equally long) nothing can beat
+    # it, so reaching it too counts as meeting the target
+    out["scene_recall_ceiling"] = ceiling = round(min(1.0, k / len(set(d["scene"].tolist()))), 5)
     out["targets"] = {
         "radius_below_random_and_uniform": fs["radius"] < rnd["radius"]["mean"]
         and fs["radius"] < uni["radius"],
-        "scene_recall_above_random_and_uniform": fs["scene_recall"] > rnd["scene_recall"]["mean"]
-        and fs["scene_recall"] > uni["scene_recall"],
+        "scene_recall_above_random_and_uniform": fs["scene_recall"] >= ceiling
+        or (fs["scene_recall"] > rnd["scene_recall"]["mean"] and fs["scene_recall"] > uni["scene_recall"]),
         "mean_distance_within_5pct_of_random": fs["mean_distance"] <= 1.05 * rnd["mean_distance"]["mean"],
     }
     return out
@@ -466,8 +472,8 @@ def main() -> int:
         ratio=round(head["random"]["radius"]["mean"] / head["framesift_default"]["radius"], 3),
         ratio_means="random's radius / framesift's on generated_embeddings; > 1 means framesift covers the "
         "worst-served frames better",
-        target="radius and scene recall better than random and uniform on every data set; mean distance "
-        "<= 1.05 x random's",
+        target="radius and scene recall better than random and uniform on every data set (scene recall: "
+        "or at its ceiling, every pick a scene of its own); mean distance <= 1.05 x random's",
         met=met,
         raw_timings_s={
             f"{name} k={k}": {m: v.get("wall_s") for m, v in b["methods"].items()}
