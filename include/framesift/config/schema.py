@@ -109,9 +109,9 @@ class EmbeddingConfig(_Section):
 class CascadeConfig(_Section):
     """The detector cascade (framesift.inference.cascade): a cheap embedding of every frame
     decides which frames the detector sees. Off by default: on the coverage bench it saved
-    31 % of detector frames on generated video at equal coverage, but cost 10-12 % mean
-    distance on real clips at their full frame rate, and the 1 fps e2e clip skipped none
-    (docs/configuration.md)."""
+    31 % of detector frames on generated video at equal coverage, but cost 11-19 % mean
+    distance on real clips at their full frame rate, and a generated 720p clip at 1 fps
+    (the e2e bench's kind) skipped none (docs/configuration.md)."""
 
     enabled: bool = False
     # the detector runs on a frame farther than this (cheap-embedding distance, 0-2) from
