@@ -328,7 +328,7 @@ def mean_ci(values: list[float]) -> dict:
     m = statistics.fmean(values)
     if len(values) < 2:
         return {"mean": round(m, 4), "ci95": [round(m, 4), round(m, 4)], "n": len(values)}
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
     return {"mean": round(m, 4), "ci95": [round(m - half, 4), round(m + half, 4)], "n": len(values)}
 
 
