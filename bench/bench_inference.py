@@ -15,8 +15,15 @@ over the list, and ``predict`` on batches through ultralytics' own ONNX and Open
 exports of the same checkpoint (its ``export(format=...)``, made once into var/bench/).
 ``ratio`` = framesift ``runtime: auto`` frames/s / the fastest peer's (the strongest one);
 ``ratios`` has it against each peer and for each framesift runtime. Every variant is
-warmed up, then timed REPEATS times in turns (round robin, the order reversed every other
-round, so load from other work hits all alike); best of the repeats per variant.
+warmed up, then timed batch by batch in turns (each batch of BATCH frames through every
+variant, the order reversed every other batch), REPEATS rounds; a variant's time is the
+sum over the batches of its best time on each (see :func:`round_robin`: on a machine
+shared with other work, whole-pass timings of one variant moved by 2-4x between rounds).
+CPU seconds per frame of this process are reported beside frames/s.
+
+framesift's own work around the forward pass (letterbox, NMS over all classes, the
+per-box probability vectors) is timed apart on its OpenVINO detector (``framesift_stages_ms_per_frame``);
+the embedding is an output of the same graph (pooled from a layer the boxes need anyway).
 
 Also measured: framesift's default COCO model (YOLOv3-tiny Darknet) frames/s per runtime,
 and, when CUDA exists, a GPU variant (framesift torch fp16 vs ultralytics predict on
@@ -55,7 +62,7 @@ from common import write_result  # noqa: E402
 BENCH_DIR = VAR / "bench" / "inference"
 N_FRAMES = 48
 BATCH = 8
-REPEATS = 3
+REPEATS = 5
 IMGSZ = 640
 CONF = 0.3
 TARGET = 2.0
@@ -76,26 +83,47 @@ def frames(n: int = N_FRAMES):
     return out
 
 
-def timed(fn, images) -> float:
+def timed(fn, images) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
     torch.set_num_threads(THREADS)
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     fn(images)
-    return round(time.perf_counter() - started, 3)
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
-def round_robin(variants: dict, images, repeats: int = REPEATS) -> dict[str, tuple[float, list[float]]]:
-    """Each variant warmed up once, then timed ``repeats`` times in turns (order reversed
-    every other round), so load from other work on the machine hits all of them alike;
-    best of the repeats per variant."""
+def round_robin(variants: dict, images, repeats: int = REPEATS, batch: int = BATCH) -> dict[str, dict]:
+    """Each variant warmed up once, then timed batch by batch in turns: every batch of
+    ``batch`` frames goes through all variants one after the other (the order reversed
+    every other batch), ``repeats`` rounds over all batches. A variant's time is the sum
+    over the batches of its best time on that batch, so a burst of load from other work
+    on the machine (seconds long) costs the one variant it hits one batch, not a whole
+    pass. Also kept: CPU seconds of this process per frame (same best-per-batch sum), which
+    load from other work moves far less than wall time."""
     for fn in variants.values():
-        fn(images[:BATCH])
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    order = list(variants)
+        fn(images[:batch])
+    chunks = [images[start : start + batch] for start in range(0, len(images), batch)]
+    wall = {k: [[] for _ in chunks] for k in variants}
+    cpu = {k: [[] for _ in chunks] for k in variants}
+    order, turn = list(variants), 0
     for r in range(repeats):
-        for name in order if r % 2 == 0 else order[::-1]:
-            times[name].append(timed(variants[name], images))
-            print(f"  round {r + 1} {name:34s} {len(images) / times[name][-1]:7.2f} frames/s", flush=True)
-    return {k: (round(len(images) / min(v), 2), v) for k, v in times.items()}
+        for c, chunk in enumerate(chunks):
+            for name in order if turn % 2 == 0 else order[::-1]:
+                w, u = timed(variants[name], chunk)
+                wall[name][c].append(w)
+                cpu[name][c].append(u)
+            turn += 1
+        for name in order:
+            total = sum(t[r] for t in wall[name])
+            print(f"  round {r + 1} {name:34s} {len(images) / total:7.2f} frames/s", flush=True)
+    out = {}
+    for name in order:
+        best = sum(min(t) for t in wall[name])
+        out[name] = {
+            "fps": round(len(images) / best, 2),
+            "cpu_s_per_frame": round(sum(min(t) for t in cpu[name]) / len(images), 4),
+            "rounds_s": [round(sum(t[r] for t in wall[name]), 3) for r in range(repeats)],
+        }
+    return out
 
 
 @contextlib.contextmanager
@@ -149,17 +177,42 @@ def ultralytics_peers(weights: Path) -> dict:
     return out
 
 
-def framesift_variants(weights: Path, imgsz: int | None, prefix: str) -> tuple[dict, str]:
+def framesift_variants(weights: Path, imgsz: int | None, prefix: str) -> tuple[dict, str, object]:
     from framesift.inference.detector import Detector
 
-    out, picked = {}, ""
+    out, picked, ov = {}, "", None
     for runtime in ("auto", "torch", "onnxruntime", "openvino"):
         det = Detector(weights, runtime=runtime, imgsz=imgsz, confidence_threshold=CONF, device="cpu",
                        cache_dir=BENCH_DIR / "store")  # fmt: skip
         if runtime == "auto":
             picked = det.runtime_name
+        if runtime == "openvino":
+            ov = det
         out[f"{prefix}_{runtime}"] = lambda ims, d=det: d.predict(ims)
-    return out, picked
+    return out, picked, ov
+
+
+def stage_costs(det, images, repeats: int = REPEATS) -> dict[str, float]:
+    """Best ms per frame of each step of ``det.predict`` (batches of its forward batch)."""
+    step = det.forward_batch or BATCH
+    best = {"letterbox": 0.0, "forward": 0.0, "nms": 0.0, "boxes_and_probabilities": 0.0}
+    for start in range(0, len(images), step):
+        chunk, times = images[start : start + step], {k: [] for k in best}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x, geometry = det.preprocess(chunk)
+            t1 = time.perf_counter()
+            raw, _emb = det.runtime.run(x)
+            t2 = time.perf_counter()
+            dets = det._nms(raw)
+            t3 = time.perf_counter()
+            [det._frame(d, lb) for d, lb in zip(dets, geometry, strict=True)]
+            t4 = time.perf_counter()
+            for k, v in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                times[k].append(v)
+        for k in best:
+            best[k] += min(times[k])
+    return {k: round(v * 1000 / len(images), 2) for k, v in best.items()}
 
 
 def gpu_variant(weights: Path, images) -> dict | None:
@@ -175,12 +228,14 @@ def gpu_variant(weights: Path, images) -> dict | None:
         for start in range(0, len(ims), 32):
             model.predict(ims[start : start + 32], imgsz=IMGSZ, conf=CONF, verbose=False, half=True, device=0)
 
-    fps = round_robin({"framesift": lambda ims: det.predict(ims), "ultralytics": peer}, images)
+    fps = round_robin(
+        {"framesift": lambda ims: det.predict(ims), "ultralytics": peer}, images, batch=len(images)
+    )
     return {
         "device": torch.cuda.get_device_name(0),
-        "framesift_fps": fps["framesift"][0],
+        "framesift_fps": fps["framesift"]["fps"],
         "framesift_runtime": det.runtime_name,
-        "ultralytics_batched_fp16_fps": fps["ultralytics"][0],
+        "ultralytics_batched_fp16_fps": fps["ultralytics"]["fps"],
     }
 
 
@@ -195,19 +250,20 @@ def main() -> None:
     print(f"{len(images)} frames {images[0].shape[1]}x{images[0].shape[0]}, {THREADS} threads", flush=True)
 
     peer_fns = ultralytics_peers(weights)
-    ours, ours_picked = framesift_variants(weights, IMGSZ, "framesift")
-    coco, coco_picked = framesift_variants(default_model_path(), None, "framesift_coco")
+    ours, ours_picked, ov_detector = framesift_variants(weights, IMGSZ, "framesift")
+    coco, coco_picked, _ = framesift_variants(default_model_path(), None, "framesift_coco")
     measured = round_robin({**peer_fns, **ours, **coco}, images)
+    stages = stage_costs(ov_detector, images)
     gpu = gpu_variant(weights, images)
-    fps = {k: v[0] for k, v in measured.items()}
+    fps = {k: v["fps"] for k, v in measured.items()}
     for k, v in fps.items():
         print(f"{k:34s} {v:7.2f} frames/s", flush=True)
     peers = {k: measured[k] for k in peer_fns}
 
-    strongest = max(peers, key=lambda k: peers[k][0])
+    strongest = max(peers, key=lambda k: peers[k]["fps"])
     ratio = fps["framesift_auto"] / fps[strongest]
     f32_peers = [k for k in peers if k != "ultralytics_openvino_batched"]
-    strongest_f32 = max(f32_peers, key=lambda k: peers[k][0])
+    strongest_f32 = max(f32_peers, key=lambda k: peers[k]["fps"])
     ratios = {
         f"framesift_{rt}_over_{peer}": round(fps[f"framesift_{rt}"] / fps[peer], 3)
         for rt in ("auto", "torch", "onnxruntime", "openvino")
@@ -227,6 +283,8 @@ def main() -> None:
             "repeats": REPEATS,
         },
         "fps": fps,
+        "cpu_s_per_frame": {k: v["cpu_s_per_frame"] for k, v in measured.items()},
+        "framesift_stages_ms_per_frame": stages,
         "strongest_peer": strongest,
         "auto_picked": {"fall_yolov8": ours_picked, "coco_yolov3_tiny": coco_picked},
         "ratios": ratios,
@@ -246,9 +304,16 @@ def main() -> None:
             "ratio is against the strongest peer at its own defaults; speedup_vs_strongest_peer_at_float32 "
             "at equal precision.",
             "framesift_coco_*: the default detector (YOLOv3-tiny, 416 px); no ultralytics peer can load it.",
+            "Timing: batch by batch in turns, a variant's time the sum of its best time per batch over the "
+            "rounds; rounds_s in raw_timings_s are whole passes per round (wall). cpu_s_per_frame: CPU seconds "
+            "of this process per frame (all its threads), best per batch: load from other work moves it less "
+            "than frames/s.",
+            "framesift_stages_ms_per_frame: framesift's OpenVINO detector, each step of predict alone (best "
+            "per batch); everything but 'forward' is the work around the network (letterbox, NMS over all "
+            "classes, boxes with their probability vectors); the embedding comes out of the forward pass.",
         ],
     }
-    raw = {k: v[1] for k, v in measured.items()}
+    raw = {k: v["rounds_s"] for k, v in measured.items()}
     write_result(
         "inference",
         report,

@@ -204,6 +204,8 @@ DETAILS: dict[str, list[tuple[str, str]]] = {
     ],
     "inference": [
         ("frames/s", "fps"),
+        ("CPU s per frame (this process, all its threads)", "cpu_s_per_frame"),
+        ("framesift's steps, ms per frame (OpenVINO detector)", "framesift_stages_ms_per_frame"),
         ("strongest peer", "strongest_peer"),
         ("runtime auto picked", "auto_picked"),
         ("vs ultralytics torch batched", "speedup_vs_ultralytics_torch_batched"),

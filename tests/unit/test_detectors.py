@@ -170,6 +170,22 @@ def test_runtime_parity_with_torch(runtime, model, frames, export_cache):
     assert_same_outputs(ref, other, frames)
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_openvino_streams_keep_the_batch_order(threads, coco, frames, export_cache, monkeypatch):
+    """OpenVINO cuts a batch into parts run at once on its streams: any batch size gives
+    each image the outputs it gets alone, in order."""
+    monkeypatch.setenv("FRAMESIFT_INFERENCE_THREADS", threads)
+    rt = backends.make_runtime("openvino", coco.network, coco.device, False, cache_dir=export_cache)
+    assert rt.streams == min(int(threads), 4)
+    x, _ = coco.preprocess(frames[:5])
+    alone = [rt.run(x[i : i + 1]) for i in range(len(x))]
+    for n in (1, 2, 3, 5):
+        raw, emb = rt.run(x[:n])
+        assert raw.shape[0] == emb.shape[0] == n
+        np.testing.assert_allclose(raw, np.concatenate([a[0] for a in alone[:n]]), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(emb, np.concatenate([a[1] for a in alone[:n]]), rtol=1e-4, atol=1e-5)
+
+
 def test_exports_are_cached_by_content(export_cache, caplog):
     net = load_network(default_model_path())
     first = backends.export_onnx(net, export_cache)
