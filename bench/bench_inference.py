@@ -204,9 +204,9 @@ def stage_costs(det, images, repeats: int = REPEATS) -> dict[str, float]:
             t1 = time.perf_counter()
             raw, _emb = det.runtime.run(x)
             t2 = time.perf_counter()
-            dets = det._nms(raw)
+            dets = det.nms(raw)
             t3 = time.perf_counter()
-            [det._frame(d, lb) for d, lb in zip(dets, geometry, strict=True)]
+            [det.frame_predictions(d, lb) for d, lb in zip(dets, geometry, strict=True)]
             t4 = time.perf_counter()
             for k, v in zip(best, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                 times[k].append(v)

@@ -197,7 +197,7 @@ def duplicate_upload_events(af: Airflow, s3, cfg, keys: list[str]) -> int:
         obj = head(s3, cfg.storage.bucket, key)
         payload = {"objects": [{"bucket": obj.bucket, "key": obj.key, "etag": obj.etag, "size": obj.size}]}
         body = {"asset_id": asset["id"], "extra": {"from_trigger": True, "payload": payload}}
-        made = af.client.post("/assets/events", json=body)
+        made = af.post("/assets/events", body)
         assert made.status_code == 200, made.text
     return len(keys)
 
@@ -249,7 +249,7 @@ def test_chaos_nothing_stranded_nothing_twice(chaos, s3, mongo, label_studio, tm
     while open_work(db) != {"videos": 0, "queue_pending": 0}:
         assert recovery < 6 and time.monotonic() < deadline, (open_work(db), runs_of(af))
         time.sleep(LEASE_S + 1)
-        resp = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {}})
+        resp = af.post(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
         assert resp.status_code == 200, resp.text
         recovery += 1
         wait_runs_done(af, deadline)

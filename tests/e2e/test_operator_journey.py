@@ -191,7 +191,7 @@ def test_fail_fix_requeue_green_and_the_pages_render(journey, s3, mongo, label_s
 
         # 3. the next run, triggered through the REST API, is green; pushed once each
         t1 = time.monotonic()
-        resp = api.post(f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {}})
+        resp = af.post(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})
         resp.raise_for_status()
         run_id = resp.json()["dag_run_id"]
         green = wait_for_run(api, run_id)

@@ -81,6 +81,17 @@ class Airflow(LocalAirflow):
         return "\n".join(parts)
 
     # --- API helpers -------------------------------------------------------------------
+    def post(self, path: str, body: dict, tries: int = 5):
+        """POST to the REST API, again after a server error: Airflow on SQLite answers 500
+        "Database error" when a write (its audit log of the request, before the endpoint
+        runs) finds the database locked by the scheduler on a loaded machine. Any other
+        answer is returned as it is."""
+        for attempt in range(tries):
+            resp = self.client.post(path, json=body)
+            if resp.status_code < 500 or attempt == tries - 1:
+                return resp
+            time.sleep(2)
+
     def task_instances(self, run_id: str) -> list[dict]:
         resp = self.client.get(f"/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances")
         resp.raise_for_status()

@@ -323,11 +323,11 @@ class Detector:
     def _forward(self, images: list[np.ndarray]) -> tuple[list[FramePredictions], np.ndarray]:
         x, geometry = self.preprocess(images)
         raw, emb = self.runtime.run(x)
-        dets = self._nms(raw)
+        dets = self.nms(raw)
         emb = np.ascontiguousarray(emb, dtype=np.float32)
-        return [self._frame(d, lb) for d, lb in zip(dets, geometry, strict=True)], emb
+        return [self.frame_predictions(d, lb) for d, lb in zip(dets, geometry, strict=True)], emb
 
-    def _nms(self, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    def nms(self, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """Per image: (xyxy, score, class, class scores) of the kept boxes, in input pixels."""
         torch = import_torch()
         from torchvision.ops import batched_nms
@@ -354,7 +354,9 @@ class Detector:
             out.append((xyxy[idx], conf[idx], j[idx], cls[idx]))
         return out
 
-    def _frame(self, det, lb: Letterbox) -> FramePredictions:
+    def frame_predictions(self, det, lb: Letterbox) -> FramePredictions:
+        """One image's kept boxes (from :meth:`nms`) in the original frame's pixels, the
+        classes the detector was asked for only, with their probability vectors."""
         xyxy, conf, cls_id, cls_scores = det
         frame = FramePredictions(width=lb.orig_w, height=lb.orig_h)
         if len(conf) == 0:
