@@ -195,6 +195,9 @@ DETAILS: dict[str, list[tuple[str, str]]] = {
         ("framesift inference", "framesift.inference"),
         ("GPU variant", "gpu"),
     ],
+    "coverage": [
+        ("the cascade's cheap embedding, ms per frame", "cascade_cheap_embedding_ms"),
+    ],
     "extract": [
         ("median wall time, s", "median_s"),
         ("ratios", "ratios"),
@@ -246,6 +249,32 @@ LOOP_SETTINGS = (
 )
 
 
+# coverage rows: per data set and budget, these metrics of every method (random: its mean)
+COVERAGE_METRICS = ("scene_recall", "mean_distance", "radius")
+
+
+def coverage_rows(r: Mapping[str, Any]) -> list[list[str]]:
+    """bench_coverage.py's numbers per data set and budget, each metric for every method
+    (random's mean over its seeds), the scene-recall ceiling and the cascade's detector share."""
+    rows = []
+    for ds, data in (r.get("datasets") or {}).items():
+        for k, b in (data.get("budgets") or {}).items():
+            methods = {m: v for m, v in b["methods"].items() if "skipped" not in v}
+            for metric in COVERAGE_METRICS:
+                values = {
+                    m: v[metric]["mean"] if isinstance(v[metric], Mapping) else v[metric]
+                    for m, v in methods.items()
+                }
+                if metric == "scene_recall":
+                    values["ceiling"] = b.get("scene_recall_ceiling")
+                rows.append([script("coverage"), f"{ds}, {k} picks: {metric}", value_text(values)])
+            rows.append([script("coverage"), f"{ds}, {k} picks: targets", value_text(b.get("targets"))])
+            share = methods.get("framesift_cascade", {}).get("detector_share")
+            if share is not None:
+                rows.append([script("coverage"), f"{ds}, {k} picks: cascade's detector share", number(share)])
+    return rows
+
+
 def details_table(results: Results) -> str:
     """docs/benchmarks.md: the numbers behind each ratio, read from the JSON by key."""
     rows = []
@@ -253,6 +282,8 @@ def details_table(results: Results) -> str:
         if r is None:
             rows.append([script(name), "not run yet", ""])
             continue
+        if name == "coverage":
+            rows += coverage_rows(r)
         for label, path in DETAILS.get(name, []):
             value = lookup(r, path)
             if name == "loop" and path == "settings" and isinstance(value, Mapping):

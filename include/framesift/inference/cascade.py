@@ -60,11 +60,14 @@ class CascadeGate:
 
     min_distance: float
     max_gap: int | None = None
-    leaders: list[np.ndarray] = field(default_factory=list)
-    ran: int = 0
+    leaders: list[np.ndarray] = field(default_factory=list)  # one per frame the detector ran on
     skipped: int = 0
     _since: int = 0
     _matrix: np.ndarray | None = None
+
+    @property
+    def ran(self) -> int:
+        return len(self.leaders)
 
     def admit(self, image: np.ndarray) -> bool:
         """Whether the detector runs on this frame (counted in ``ran`` / ``skipped``)."""
@@ -80,7 +83,6 @@ class CascadeGate:
             run = nearest > self.min_distance
         if run:
             self.leaders.append(np.asarray(emb, dtype=np.float32))
-            self.ran += 1
             self._since = 0
         else:
             self.skipped += 1
