@@ -5,12 +5,14 @@ damaged frames (flagged until the next keyframe, true positions kept)."""
 from __future__ import annotations
 
 import json
+import threading
 
 import av
 import numpy as np
 import pytest
 
 from framesift.config.schema import ExtractionConfig
+from framesift.ingest import extract as extract_module
 from framesift.ingest.damage import damage_summary
 from framesift.ingest.packets import index_packets
 from framesift.local.synth import make_video
@@ -144,6 +146,68 @@ def test_damage_is_flagged_with_the_decode_floor_on(damaged):
         1.0 <= result.frame_timestamps_s[result.frame_names.index(n)] < 3.0 for n in result.damaged_frames
     )
     assert result.frame_indices[0] == 0 and 90 in result.frame_indices
+
+
+# ------------------------------------------------------------- decoders splitting the GOPs
+
+_SAME = ("frame_names", "frame_indices", "frame_timestamps_s", "frame_metadata", "frames_read",
+         "frames_skipped", "frames_undecoded", "frames_corrupt", "frames_damaged_decoded",
+         "frames_damaged", "damaged_frames", "first_decode_error", "damage_ranges_s")  # fmt: skip
+_CASES = {
+    "B-frames, 1 fps, stand-ins": ("bframes", {"sampling": "fps", "fps": 1.0}),
+    "B-frames, exact 2 fps": ("bframes", {"sampling": "fps", "fps": 2.0, "keyframe_tolerance": 0.0}),
+    "short GOPs, every 7th": ("gop25", {"sampling": "every_n", "every_n": 7}),
+    "damaged, exact": ("damaged", {"sampling": "fps", "fps": 1.0, "keyframe_tolerance": 0.0}),
+    "damaged, dropped": ("damaged", {"sampling": "fps", "fps": 3.0, "damaged_frames": "drop"}),
+}
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_decoders_splitting_the_gops_give_what_one_decoder_gives(clips, damaged, case):
+    clip, settings = _CASES[case]
+    path = damaged if clip == "damaged" else clips[clip]
+    n_gops = len(index_packets(str(path)).keyframe_pts)
+    one, one_sink = extract(path, config(decode_workers=1, **settings))
+    assert one.decoders == 1 and one.frames_written > 2
+    for workers in (2, 3):
+        many, many_sink = extract(path, config(decode_workers=workers, **settings))
+        assert many.decoders == min(workers, n_gops) > 1
+        for name in _SAME:
+            assert getattr(many, name) == getattr(one, name), (workers, name)
+        assert many_sink.frames == one_sink.frames
+
+
+def test_a_failing_decoder_thread_fails_the_extraction_and_stops_the_others(clips, monkeypatch):
+    real_frame = extract_module._Decoder._frame
+
+    def second_decoder_breaks(self, frame):
+        if self.worker == 1:
+            raise RuntimeError("decoder 1 broke")
+        real_frame(self, frame)
+
+    monkeypatch.setattr(extract_module._Decoder, "_frame", second_decoder_breaks)
+    with pytest.raises(RuntimeError, match="decoder 1 broke"):
+        extract(clips["gop25"], config(sampling="fps", fps=5.0, decode_workers=3))
+    assert not [t for t in threading.enumerate() if t.name.startswith("framesift-decode")]
+
+
+def test_a_failing_sink_stops_the_decoder_threads(clips):
+    def broken_sink(name, data):
+        raise ConnectionError("S3 is down")
+
+    with pytest.raises(ConnectionError, match="S3 is down"):
+        extract_module.extract_frames(
+            clips["gop25"], config(sampling="all", decode_workers=3), broken_sink, stem="x", video_ext="mp4"
+        )
+    with pytest.raises(ConnectionError, match="S3 is down"):
+        extract_module.extract_frames(
+            clips["gop25"],
+            config(sampling="fps", fps=5.0, decode_workers=3),
+            broken_sink,
+            stem="x",
+            video_ext="mp4",
+        )
+    assert not [t for t in threading.enumerate() if t.name.startswith("framesift-decode")]
 
 
 def test_a_clean_clip_has_no_damage(clips):

@@ -91,6 +91,9 @@ class ExtractionConfig(_Section):
     keyframe_tolerance: float = Field(0.5, ge=0, le=0.5)
     decode_threading: Literal["slice", "frame", "auto"] = "slice"
     decode_threads: int = Field(1, ge=0, le=64)  # 0: one per CPU; 1: no threading
+    # decoders splitting a video's GOPs (each its own container, every n-th GOP) when the
+    # decode plan exists (fps/every_n sampling, skip_decoding); 0: one per CPU, up to 4
+    decode_workers: int = Field(0, ge=0, le=16)
     # frames decoded from damaged references: exclude (written, kept out of inference and
     # selection), include (treated as clean), drop (not written)
     damaged_frames: Literal["exclude", "include", "drop"] = "exclude"

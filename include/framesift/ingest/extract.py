@@ -29,10 +29,13 @@ damage rules live in :mod:`framesift.ingest.packets` and :mod:`framesift.ingest.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -76,6 +79,10 @@ _MAX_INFLIGHT_BYTES = 512 * 1024 * 1024
 _THUMB = 32
 # non-reference frames are skipped only when the tolerance spans at least this many frames
 _NONREF_MIN_FRAMES = 3
+# decode_workers: 0 takes one decoder per CPU, up to this many
+_MAX_AUTO_DECODERS = 4
+# sampled frames a decoder may hold ready before the merge takes them (bounds memory)
+_QUEUED_FRAMES = 4
 _CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
 
 
@@ -117,6 +124,7 @@ class ExtractionResult:
     frame_timestamps_s: list[float] = field(default_factory=list)
     # per written frame: its shot and Lightly's image metadata (framesift.ingest.metadata)
     frame_metadata: dict[str, dict[str, float]] = field(default_factory=dict)
+    decoders: int = 1  # decoders that split the video's GOPs between them
     elapsed_s: float = 0.0
 
     @classmethod
@@ -162,8 +170,7 @@ def extract_frames(
     result = ExtractionResult.from_info(info, "extracted")
     run = _Extraction(info, cfg, sink, stem, video_ext, log, result, index)
     run.on_frame = on_frame
-    with open_video(path) as container:
-        run.decode(container)
+    run.run(path)
     result.elapsed_s = time.monotonic() - started
 
     if result.frames_read == 0 and not result.frames_damaged_decoded:
@@ -177,7 +184,7 @@ def extract_frames(
     speed = run.position / result.elapsed_s if result.elapsed_s > 0 else 0.0
     log.info(
         "extract %s: done, %d frames decoded, %d written (%d skipped by sampling, %d not decoded, %d duplicates, "
-        "%d corrupt, %d damaged%s) in %.1f s (%.0f fps)",
+        "%d corrupt, %d damaged%s) in %.1f s (%.0f fps, %d decoder%s)",
         stem,
         result.frames_read + result.frames_damaged_decoded,
         result.frames_written,
@@ -189,35 +196,58 @@ def extract_frames(
         f": {damage_summary(result.to_manifest())}" if result.frames_damaged else "",
         result.elapsed_s,
         speed,
+        result.decoders,
+        "" if result.decoders == 1 else "s",
     )
     return result
 
 
-class _Extraction:
-    """One pass over one video: plan, decode what the plan needs, sample, flag damage,
-    dedupe, and feed the encoder pool."""
+@dataclass
+class _Kept:
+    """A sampled frame out of a decoder."""
 
-    def __init__(self, info, cfg, sink, stem, video_ext, log, result, index: PacketIndex | None):
-        self.info, self.cfg, self.sink, self.log, self.result = info, cfg, sink, log, result
-        self.stem, self.video_ext = stem, video_ext
-        self.image_ext = cfg.image_format
-        self.index = index if index is not None and index.n_packets else None
+    pts: int | None
+    index: int
+    t: float
+    image: np.ndarray
+    rotation: int
+    damaged: bool
+
+
+class _Stopped(Exception):
+    """The extraction stopped (an error elsewhere): a decoder thread gives up."""
+
+
+_DONE = object()  # a decoder reached the end of the stream
+
+
+class _Decoder:
+    """Decodes what the plan needs of one video, samples it and flags damage.
+
+    With ``share=(w, n)`` it decodes only the GOPs ``g`` with ``max(g, 0) % n == w`` and
+    passes over the others' packets (demuxing is ~1 % of decoding), so ``n`` decoders on
+    their own containers split one video between CPU cores. ``emit`` gets each kept frame
+    (:class:`_Kept`) and, when the decoder leaves a GOP it owns, the GOP's number: the
+    order in which :class:`_Extraction` merges the decoders' output back into time order.
+    """
+
+    def __init__(self, info, cfg, stem, log, index: PacketIndex | None, share: tuple[int, int] = (0, 1)):
+        self.info, self.cfg, self.stem, self.log, self.index = info, cfg, stem, log, index
+        self.worker, self.n_workers = share
+        self.counts = ExtractionResult(status="extracted")  # this decoder's counters
         self.fallback_fps = info.fps or 30.0
         self.decoded = 0  # frames out of the decoder, including damaged ones
         self.position = 0  # frames into the video
         self.last_index = -1
-        self.last_thumb: np.ndarray | None = None
         self.last_error: str | None = None
+        self.first_error_s: float | None = None
         self.start_pts: int | None = None
         self.time_base = None
         self.stream = None
+        self.gop = -1
+        self.stand_in_for: int | None = None  # an owned GOP whose keyframe after it is being decoded
+        self.emit: Callable[[Any], None] = lambda item: None
         self.reformatter = VideoReformatter()
-        self.pool: ThreadPoolExecutor | None = None
-        self.inflight: set[Future] = set()
-        frame_bytes = max(1, info.width * info.height * 3)
-        self.max_inflight = max(2, min(2 * cfg.upload_workers, _MAX_INFLIGHT_BYTES // frame_bytes))
-        self.next_log = time.monotonic() + PROGRESS_EVERY_S
-        self.started = time.monotonic()
         # sampling: key picks (pts) and the times still waiting for a frame (pts, sorted)
         self.plan: DecodePlan | None = None
         self.targets: collections.deque[int] = collections.deque()
@@ -231,8 +261,9 @@ class _Extraction:
         # intentional gaps (a GOP's tail not decoded): frames before the resume point are leftovers
         self.resume_pts: int | None = None
         self.last_pts: int | None = None
-        self.on_frame: FrameHook | None = None
-        self.shots = ShotDetector()
+
+    def owns(self, gop: int) -> bool:
+        return max(gop, 0) % self.n_workers == self.worker
 
     # -- set-up
 
@@ -263,8 +294,8 @@ class _Extraction:
         period = 1.0 / cfg.fps if policy == "fps" else cfg.every_n / self.fallback_fps
         tol_s = cfg.keyframe_tolerance * period
         if cfg.skip_decoding and idx.complete:
-            self.plan = plan_decoding(idx, times, int(tol_s / float(self.time_base)))
-            self.targets = collections.deque(self.plan.targets)
+            self.plan = plan = plan_decoding(idx, times, int(tol_s / float(self.time_base)))
+            self.targets = collections.deque(t for t in plan.targets if self.owns(plan.target_gop[t]))
             # non-reference frames are never needed when a frame a few frames off may stand in
             if tol_s * self.fallback_fps >= _NONREF_MIN_FRAMES:
                 ctx.skip_frame = "NONREF"
@@ -273,56 +304,67 @@ class _Extraction:
 
     # -- decoding
 
-    def decode(self, container) -> None:
+    def run(self, container, emit: Callable[[Any], None]) -> None:
+        self.emit = emit
         self.stream = stream = container.streams.video[0]
         self._configure(stream)
         ctx = stream.codec_context
-        self.pool = ThreadPoolExecutor(self.cfg.upload_workers, thread_name_prefix="framesift-frames")
         plan = self.plan
-        gop, feeding, until = -1, plan is None, None
-        try:
-            for packet in self._packets(container, stream):
-                if packet.is_keyframe:
-                    gop += 1
-                    if plan is not None:
-                        until = plan.gop_until.get(gop)
-                        if until is None and self._pending_before(packet.pts):
-                            until = packet.pts  # a time the last GOP could not give: its next keyframe
-                        if until is not None and not feeding:
-                            self.resume_pts = packet.pts
-                        feeding = until is not None
-                    if self.damage_active and self.damage_end_pts is None:
-                        self.damage_end_pts = packet.pts
-                if not feeding:
-                    self.result.frames_undecoded += 1
-                    continue
-                try:
-                    frames = ctx.decode(packet)
-                except av.FFmpegError as exc:
-                    if not (
-                        self.resume_pts is not None
-                        and packet.pts is not None
-                        and packet.pts < self.resume_pts
-                    ):
-                        self._error(exc, packet.pts)
-                    continue
-                for frame in frames:
-                    self._frame(frame)
-                if (
-                    plan is not None
-                    and until is not None
-                    and self.last_pts is not None
-                    and self.last_pts >= until
+        feeding, until = plan is None, None
+        for packet in self._packets(container, stream):
+            if packet.is_keyframe:
+                left, self.gop = self.gop, self.gop + 1
+                if plan is not None:
+                    owned = self.owns(self.gop)
+                    until = plan.gop_until.get(self.gop) if owned else None
+                    if until is None and (owned or self.owns(left)) and self._pending_before(packet.pts):
+                        until = packet.pts  # a time the last GOP could not give: its next keyframe
+                    if until is None and feeding:
+                        self._drain(ctx)  # what the decoder still holds belongs to the GOP left
+                    if until is not None and not feeding:
+                        self.resume_pts = packet.pts
+                    feeding = until is not None
+                if self.damage_active and self.damage_end_pts is None:
+                    self.damage_end_pts = packet.pts
+                self._close_stand_in()
+                if self.owns(left):
+                    if feeding and not self.owns(self.gop):
+                        self.stand_in_for = left  # its end is told once the keyframe is decoded
+                    else:
+                        emit(left)
+            if not feeding:
+                if self.owns(self.gop):
+                    self.counts.frames_undecoded += 1
+                continue
+            try:
+                frames = ctx.decode(packet)
+            except av.FFmpegError as exc:
+                if not (
+                    self.resume_pts is not None and packet.pts is not None and packet.pts < self.resume_pts
                 ):
-                    self._drain(ctx)  # the GOP gave what sampling needs: skip its tail
-                    feeding = False
-            self._drain(ctx, reset=False)
-            self._wait(all_done=True)
-        except BaseException:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        self.pool.shutdown(wait=True)
+                    self._error(exc, packet.pts)
+                continue
+            for frame in frames:
+                self._frame(frame)
+            if (
+                plan is not None
+                and until is not None
+                and self.last_pts is not None
+                and self.last_pts >= until
+            ):
+                self._drain(ctx)  # the GOP gave what sampling needs: skip its tail
+                feeding = False
+                self._close_stand_in()
+        self._drain(ctx, reset=False)
+        self._close_stand_in()
+        if self.owns(self.gop):
+            emit(self.gop)
         self._close_damage()
+
+    def _close_stand_in(self) -> None:
+        if self.stand_in_for is not None:
+            self.emit(self.stand_in_for)
+            self.stand_in_for = None
 
     def _pending_before(self, pts) -> bool:
         return bool(self.targets) and pts is not None and self.targets[0] < pts
@@ -348,20 +390,25 @@ class _Extraction:
                 return
             except av.FFmpegError as exc:
                 # a fresh demux() continues from where the reader stopped
-                self._error(exc, None, what="demux")
+                if self.owns(self.gop):
+                    self._error(exc, None, what="demux")
                 errors_in_a_row += 1
-        self.log.warning("extract %s: giving up after %d demux errors in a row", self.stem, errors_in_a_row)
+        if self.worker == 0:
+            self.log.warning(
+                "extract %s: giving up after %d demux errors in a row", self.stem, errors_in_a_row
+            )
 
     # -- damage
 
     def _error(self, exc: Exception | None, pts, what: str = "packet") -> None:
         """A packet that did not decode (or was lost): counted; the frames decoded after it
         until the next keyframe come from damaged references and are flagged."""
-        self.result.frames_corrupt += 1
+        self.counts.frames_corrupt += 1
         message = ffmpeg_message(exc) if exc is not None else f"the decoder flagged a {what} as corrupt"
         self.last_error = message
-        if self.result.first_decode_error is None:
-            self.result.first_decode_error = message
+        start = self._seconds(pts) if pts is not None else self._seconds(self.last_pts)
+        if self.counts.first_decode_error is None:
+            self.counts.first_decode_error, self.first_error_s = message, start
             self.log.warning(
                 "extract %s: damaged %s at %s: %s%s",
                 self.stem,
@@ -370,7 +417,6 @@ class _Extraction:
                 message,
                 "" if what == "frame" else "; frames until the next keyframe are flagged damaged",
             )
-        start = self._seconds(pts) if pts is not None else self._seconds(self.last_pts)
         if not self.damage_active:
             self.damage_active = True
             self.damage_end_pts = None
@@ -386,12 +432,11 @@ class _Extraction:
                 end = idx.gop_end_pts(int(rng[0] / float(self.time_base)) + (self.start_pts or 0))
                 if end is not None:
                     rng[1] = round(max(rng[1], self._seconds(end)), 3)
-        self.result.damage_ranges_s = self.damage_ranges
 
     def _is_damaged(self, frame, pts) -> bool:
         if frame.is_corrupt:  # the decoder itself flagged it: this frame, not its successors
             if self.damage_active:
-                self.result.frames_corrupt += 1
+                self.counts.frames_corrupt += 1
             else:
                 self._error(None, pts, what="frame")
                 self.damage_active = False
@@ -408,7 +453,7 @@ class _Extraction:
     # -- frames
 
     def _frame(self, frame) -> None:
-        result = self.result
+        counts = self.counts
         pts = frame.pts if frame.pts is not None else frame.dts
         if self.resume_pts is not None:
             if pts is not None and pts < self.resume_pts:
@@ -422,23 +467,18 @@ class _Extraction:
             self.last_pts = pts
         damaged = self._is_damaged(frame, pts)
         if damaged:
-            result.frames_damaged_decoded += 1
+            counts.frames_damaged_decoded += 1
         else:
-            result.frames_read += 1
+            counts.frames_read += 1
         if not self._keep(index, pts, t):
-            result.frames_skipped += 1
+            counts.frames_skipped += 1
         elif damaged and self.cfg.damaged_frames == "drop":
-            result.frames_damaged += 1
+            counts.frames_damaged += 1
         else:
-            # one reformatter for the whole video: PyAV's per-frame one re-creates the
-            # scaler each time, ~10x slower than the conversion itself
+            # one reformatter per decoder: PyAV's per-frame one re-creates the scaler each
+            # time, ~10x slower than the conversion itself
             image = self.reformatter.reformat(frame, format="bgr24").to_ndarray()
-            if not damaged and self._is_duplicate(image):
-                result.frames_duplicate += 1
-            else:
-                self._submit(image, index, t, rotation_of(frame, self.stream), damaged)
-        if time.monotonic() >= self.next_log:
-            self._log_progress()
+            self.emit(_Kept(pts, index, t, image, rotation_of(frame, self.stream), damaged))
 
     def _keep(self, index: int, pts, t: float) -> bool:
         policy = self.cfg.sampling
@@ -478,9 +518,156 @@ class _Extraction:
         skipped, undecoded and damaged frames keep their places)."""
         if self.index is not None and pts is not None:
             return max(self.index.position(pts), self.last_index + 1)
-        if self.cfg.sampling == "keyframes" or self.result.frames_corrupt:
+        if self.cfg.sampling == "keyframes" or self.counts.frames_corrupt:
             return max(round(t * self.fallback_fps), self.last_index + 1)
         return self.decoded - 1
+
+
+class _Extraction:
+    """One pass over one video: one decoder, or several each taking every n-th GOP (their
+    output merged back into time order); then dedupe, shots and metadata, and the encoder
+    pool."""
+
+    def __init__(self, info, cfg, sink, stem, video_ext, log, result, index: PacketIndex | None):
+        self.info, self.cfg, self.sink, self.log, self.result = info, cfg, sink, log, result
+        self.stem, self.video_ext = stem, video_ext
+        self.image_ext = cfg.image_format
+        self.index = index if index is not None and index.n_packets else None
+        self.decoders: list[_Decoder] = []
+        self.last_index = -1
+        self.last_pts: int | None = None
+        self.last_thumb: np.ndarray | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self.inflight: set[Future] = set()
+        frame_bytes = max(1, info.width * info.height * 3)
+        self.max_inflight = max(2, min(2 * cfg.upload_workers, _MAX_INFLIGHT_BYTES // frame_bytes))
+        self.next_log = time.monotonic() + PROGRESS_EVERY_S
+        self.started = time.monotonic()
+        self.on_frame: FrameHook | None = None
+        self.shots = ShotDetector()
+
+    @property
+    def position(self) -> int:
+        return max((d.position for d in self.decoders), default=0)
+
+    @property
+    def last_error(self) -> str | None:
+        return next((d.last_error for d in self.decoders if d.last_error), None)
+
+    def n_decoders(self) -> int:
+        """Parallel GOP decoding needs the decode plan (a complete packet index) and GOPs."""
+        cfg, idx = self.cfg, self.index
+        if not (
+            cfg.skip_decoding and cfg.sampling in ("fps", "every_n") and idx is not None and idx.complete
+        ):
+            return 1
+        workers = cfg.decode_workers or min(_MAX_AUTO_DECODERS, len(os.sched_getaffinity(0)))
+        return max(1, min(workers, len(idx.keyframe_pts)))
+
+    def run(self, path: PathLike) -> None:
+        self.result.decoders = n = self.n_decoders()
+        self.decoders = [
+            _Decoder(self.info, self.cfg, self.stem, self.log, self.index, (w, n)) for w in range(n)
+        ]
+        self.pool = ThreadPoolExecutor(self.cfg.upload_workers, thread_name_prefix="framesift-frames")
+        try:
+            if n == 1:
+                with open_video(path) as container:
+                    self.decoders[0].run(container, self._take)
+            else:
+                self._run_parallel(path)
+            self._wait(all_done=True)
+        except BaseException:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        self.pool.shutdown(wait=True)
+        self._merge_counts()
+
+    def _run_parallel(self, path: PathLike) -> None:
+        """Each decoder in its own thread (PyAV decodes without the GIL) on its own
+        container; frames come back GOP by GOP in time order through small queues."""
+        stop = threading.Event()
+        queues = [queue.Queue(maxsize=_QUEUED_FRAMES) for _ in self.decoders]
+
+        def work(decoder: _Decoder, out: queue.Queue) -> None:
+            def put(item) -> None:
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        return
+                    except queue.Full:
+                        continue
+                raise _Stopped
+
+            try:
+                with open_video(path) as container:
+                    decoder.run(container, put)
+                put(_DONE)
+            except _Stopped:
+                pass
+            except BaseException as exc:  # handed to the merging thread, which raises it
+                with contextlib.suppress(_Stopped):
+                    put(exc)
+
+        threads = [
+            threading.Thread(target=work, args=(d, q), name=f"framesift-decode-{d.worker}", daemon=True)
+            for d, q in zip(self.decoders, queues, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        n = len(queues)
+        try:
+            gop = -1
+            while (item := self._next(queues[max(gop, 0) % n])) is not _DONE:
+                if isinstance(item, int):
+                    gop = item + 1  # the GOP's decoder told its end: the next GOP's decoder is due
+                else:
+                    self._take(item)
+            for w, q in enumerate(queues):  # the others end too (or failed)
+                if w != max(gop, 0) % n:
+                    self._next(q)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+    @staticmethod
+    def _next(q: queue.Queue):
+        item = q.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _merge_counts(self) -> None:
+        result = self.result
+        for d in self.decoders:
+            for name in ("frames_read", "frames_skipped", "frames_undecoded", "frames_corrupt",
+                         "frames_damaged_decoded", "frames_damaged"):  # fmt: skip
+                setattr(result, name, getattr(result, name) + getattr(d.counts, name))
+        errors = sorted(
+            (d.first_error_s, d.counts.first_decode_error)
+            for d in self.decoders
+            if d.counts.first_decode_error
+        )
+        result.first_decode_error = errors[0][1] if errors else None
+        result.damage_ranges_s = sorted(r for d in self.decoders for r in d.damage_ranges)
+
+    # -- kept frames, in time order
+
+    def _take(self, item) -> None:
+        if not isinstance(item, _Kept):
+            return  # a GOP boundary: only the parallel merge needs it
+        if item.pts is not None and item.pts == self.last_pts:
+            self.result.frames_skipped += 1  # a keyframe two decoders both stood in with
+            return
+        index = max(item.index, self.last_index + 1)
+        self.last_index, self.last_pts = index, item.pts
+        if not item.damaged and self._is_duplicate(item.image):
+            self.result.frames_duplicate += 1
+        else:
+            self._submit(item.image, index, item.t, item.rotation, item.damaged)
+        if time.monotonic() >= self.next_log:
+            self._log_progress()
 
     def _is_duplicate(self, image: np.ndarray) -> bool:
         if not self.cfg.dedupe.enabled:

@@ -92,11 +92,12 @@ class DecodePlan:
     """What to decode: ``gop_until[g]`` is the timestamp GOP ``g`` must be decoded up to
     (its keyframe's own: the keyframe alone); a GOP not in it is not decoded. ``key_picks``
     are keyframes standing in for a sampling time; ``targets`` the other sampling times,
-    each kept as the first decoded frame at or after it."""
+    each kept as the first decoded frame at or after it, from the GOP ``target_gop[t]``."""
 
     gop_until: dict[int, int] = field(default_factory=dict)
     key_picks: set[int] = field(default_factory=set)
     targets: list[int] = field(default_factory=list)
+    target_gop: dict[int, int] = field(default_factory=dict)
 
 
 def sampling_times(index: PacketIndex, *, policy: str, step_s: float, every_n: int, time_base) -> list[int]:
@@ -136,6 +137,7 @@ def plan_decoding(index: PacketIndex, times: list[int], tolerance: int) -> Decod
         else:
             t_need = t
         plan.targets.append(t)
+        plan.target_gop[t] = g
         plan.gop_until[g] = max(plan.gop_until.get(g, t_need), t_need)
     plan.targets.sort()
     return plan
