@@ -14,6 +14,7 @@ import pytest
 from framesift.config.schema import ExtractionConfig
 from framesift.ingest import extract as extract_module
 from framesift.ingest.damage import damage_summary
+from framesift.ingest.decoding import GopDecoder
 from framesift.ingest.packets import index_packets
 from framesift.local.synth import make_video
 from tests import videofaults
@@ -178,14 +179,14 @@ def test_decoders_splitting_the_gops_give_what_one_decoder_gives(clips, damaged,
 
 
 def test_a_failing_decoder_thread_fails_the_extraction_and_stops_the_others(clips, monkeypatch):
-    real_frame = extract_module._Decoder._frame
+    real_run = GopDecoder.run
 
-    def second_decoder_breaks(self, frame):
+    def second_decoder_breaks(self, container, emit):
         if self.worker == 1:
             raise RuntimeError("decoder 1 broke")
-        real_frame(self, frame)
+        real_run(self, container, emit)
 
-    monkeypatch.setattr(extract_module._Decoder, "_frame", second_decoder_breaks)
+    monkeypatch.setattr(GopDecoder, "run", second_decoder_breaks)
     with pytest.raises(RuntimeError, match="decoder 1 broke"):
         extract(clips["gop25"], config(sampling="fps", fps=5.0, decode_workers=3))
     assert not [t for t in threading.enumerate() if t.name.startswith("framesift-decode")]

@@ -3,32 +3,26 @@
 Plain Python (no Airflow). Decoding streams packet by packet (memory stays flat); only
 sampled frames become pixels; encoding and the sink run in a thread pool beside decoding.
 
-Decoding at the floor (``extraction.skip_decoding``): a demux-only pass indexes the
-packets (:mod:`framesift.ingest.packets`); GOPs holding no sampled frame are not decoded,
-a GOP is decoded only up to its last sampled frame, a keyframe within
-``keyframe_tolerance`` of a sampling period stands in for the sampling time (one packet
-decoded instead of a GOP), and non-reference frames are skipped when the tolerance covers
-them. Recorded timestamps are always the kept frame's own.
+Decoding (:mod:`framesift.ingest.decoding`): at the floor (``extraction.skip_decoding``)
+only what sampling keeps is decoded; recorded timestamps are always the kept frame's own.
+With the decode plan, one decoder per core (``extraction.decode_workers``) each takes
+every n-th GOP on its own container (PyAV decodes without the GIL), and their frames come
+back through small queues, merged GOP by GOP into time order before dedupe, shot
+detection and encoding: the output is what one decoder gives.
 
 Frame names follow Lightly's convention ``<stem>-<index>-<ext>.png`` where ``index`` is
 the frame's true position in the video (the rank of its timestamp among all packets), so
 a name means the same frame whatever the sampling, and after lost or damaged packets.
 
-Damage: a packet that fails to decode (or a lost one) makes the frames decoded after it,
-until the next keyframe, come from damaged references (smeared macroblocks that decode
-without an error). Those frames are flagged: listed in ``damaged_frames``, counted in
-``frames_damaged``, with the first error's text and the time ranges affected; by default
-(``extraction.damaged_frames: exclude``) they are written but kept out of inference and
-selection, ``include`` treats them as clean, ``drop`` does not write them.
-
-Size (~630 lines): one decode loop (:class:`_Extraction`) with its decode plan, damage
-tracking and writer pool, whose state is shared step by step; the packet index and the
-damage rules live in :mod:`framesift.ingest.packets` and :mod:`framesift.ingest.damage`.
+Damage: frames decoded from damaged references are flagged: listed in
+``damaged_frames``, counted in ``frames_damaged``, with the first error's text and the
+time ranges affected; by default (``extraction.damaged_frames: exclude``) they are
+written but kept out of inference and selection, ``include`` treats them as clean,
+``drop`` does not write them.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -43,24 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 from framesift.config.schema import ExtractionConfig, PipelineConfig
 from framesift.ingest.damage import damage_summary
+from framesift.ingest.decoding import DecodeCounts, GopDecoder, KeptFrame
 from framesift.ingest.metadata import ShotDetector, frame_facts
-from framesift.ingest.packets import DecodePlan, PacketIndex, index_packets, plan_decoding, sampling_times
+from framesift.ingest.packets import PacketIndex, index_packets
 from framesift.ingest.probe import (
     BadVideo,
     VideoInfo,
     check_limits,
-    ffmpeg_message,
     mb_text,
     open_video,
     probe,
-    rotation_of,
 )
 from framesift.io import layout
 from framesift.io.s3 import join_key, put_bytes, put_json, s3_uri
@@ -72,13 +63,9 @@ Sink = Callable[[str, bytes], None]
 FrameHook = Callable[[str, np.ndarray, bool], None]
 
 PROGRESS_EVERY_S = 5.0
-# demux errors in a row after which the rest of the file counts as unreadable
-_MAX_DEMUX_ERRORS = 8
 # cap on the pixels waiting to be encoded, whatever the worker count (8K frames are 100 MB)
 _MAX_INFLIGHT_BYTES = 512 * 1024 * 1024
 _THUMB = 32
-# non-reference frames are skipped only when the tolerance spans at least this many frames
-_NONREF_MIN_FRAMES = 3
 # decode_workers: 0 takes one decoder per CPU, up to this many
 _MAX_AUTO_DECODERS = 4
 # sampled frames a decoder may hold ready before the merge takes them (bounds memory)
@@ -202,325 +189,11 @@ def extract_frames(
     return result
 
 
-@dataclass
-class _Kept:
-    """A sampled frame out of a decoder."""
-
-    pts: int | None
-    index: int
-    t: float
-    image: np.ndarray
-    rotation: int
-    damaged: bool
-
-
 class _Stopped(Exception):
     """The extraction stopped (an error elsewhere): a decoder thread gives up."""
 
 
 _DONE = object()  # a decoder reached the end of the stream
-
-
-class _Decoder:
-    """Decodes what the plan needs of one video, samples it and flags damage.
-
-    With ``share=(w, n)`` it decodes only the GOPs ``g`` with ``max(g, 0) % n == w`` and
-    passes over the others' packets (demuxing is ~1 % of decoding), so ``n`` decoders on
-    their own containers split one video between CPU cores. ``emit`` gets each kept frame
-    (:class:`_Kept`) and, when the decoder leaves a GOP it owns, the GOP's number: the
-    order in which :class:`_Extraction` merges the decoders' output back into time order.
-    """
-
-    def __init__(self, info, cfg, stem, log, index: PacketIndex | None, share: tuple[int, int] = (0, 1)):
-        self.info, self.cfg, self.stem, self.log, self.index = info, cfg, stem, log, index
-        self.worker, self.n_workers = share
-        self.counts = ExtractionResult(status="extracted")  # this decoder's counters
-        self.fallback_fps = info.fps or 30.0
-        self.decoded = 0  # frames out of the decoder, including damaged ones
-        self.position = 0  # frames into the video
-        self.last_index = -1
-        self.last_error: str | None = None
-        self.first_error_s: float | None = None
-        self.start_pts: int | None = None
-        self.time_base = None
-        self.stream = None
-        self.gop = -1
-        self.stand_in_for: int | None = None  # an owned GOP whose keyframe after it is being decoded
-        self.emit: Callable[[Any], None] = lambda item: None
-        self.reformatter = VideoReformatter()
-        # sampling: key picks (pts) and the times still waiting for a frame (pts, sorted)
-        self.plan: DecodePlan | None = None
-        self.targets: collections.deque[int] = collections.deque()
-        self.every_n_fallback = False
-        self.fps_fallback = False
-        self.next_t = 0.0
-        # damage: a decode error poisons the frames decoded after it until the next keyframe
-        self.damage_active = False
-        self.damage_end_pts: int | None = None
-        self.damage_ranges: list[list[float]] = []
-        # intentional gaps (a GOP's tail not decoded): frames before the resume point are leftovers
-        self.resume_pts: int | None = None
-        self.last_pts: int | None = None
-
-    def owns(self, gop: int) -> bool:
-        return max(gop, 0) % self.n_workers == self.worker
-
-    # -- set-up
-
-    def _configure(self, stream) -> None:
-        cfg = self.cfg
-        ctx = stream.codec_context
-        if cfg.decode_threads != 1:
-            stream.thread_type = {"slice": "SLICE", "frame": "FRAME", "auto": "AUTO"}[cfg.decode_threading]
-            stream.thread_count = cfg.decode_threads
-        else:
-            stream.thread_count = 1
-        self.time_base = stream.time_base
-        self.start_pts = stream.start_time
-        idx = self.index
-        if idx is not None and len(idx.sorted_pts):
-            self.start_pts = int(idx.sorted_pts[0])
-        policy = cfg.sampling
-        if policy == "keyframes":
-            ctx.skip_frame = "NONKEY"
-            return
-        if policy not in ("fps", "every_n") or idx is None or self.time_base is None:
-            # no usable index: decode everything, sample frame by frame
-            self.every_n_fallback = policy == "every_n"
-            self.fps_fallback = policy == "fps"
-            return
-        times = sampling_times(idx, policy=policy, step_s=1.0 / cfg.fps, every_n=cfg.every_n,
-                               time_base=self.time_base)  # fmt: skip
-        period = 1.0 / cfg.fps if policy == "fps" else cfg.every_n / self.fallback_fps
-        tol_s = cfg.keyframe_tolerance * period
-        if cfg.skip_decoding and idx.complete:
-            self.plan = plan = plan_decoding(idx, times, int(tol_s / float(self.time_base)))
-            self.targets = collections.deque(t for t in plan.targets if self.owns(plan.target_gop[t]))
-            # non-reference frames are never needed when a frame a few frames off may stand in
-            if tol_s * self.fallback_fps >= _NONREF_MIN_FRAMES:
-                ctx.skip_frame = "NONREF"
-        else:
-            self.targets = collections.deque(times)
-
-    # -- decoding
-
-    def run(self, container, emit: Callable[[Any], None]) -> None:
-        self.emit = emit
-        self.stream = stream = container.streams.video[0]
-        self._configure(stream)
-        ctx = stream.codec_context
-        plan = self.plan
-        feeding, until = plan is None, None
-        for packet in self._packets(container, stream):
-            if packet.is_keyframe:
-                left, self.gop = self.gop, self.gop + 1
-                if plan is not None:
-                    owned = self.owns(self.gop)
-                    until = plan.gop_until.get(self.gop) if owned else None
-                    if until is None and (owned or self.owns(left)) and self._pending_before(packet.pts):
-                        until = packet.pts  # a time the last GOP could not give: its next keyframe
-                    if until is None and feeding:
-                        self._drain(ctx)  # what the decoder still holds belongs to the GOP left
-                    if until is not None and not feeding:
-                        self.resume_pts = packet.pts
-                    feeding = until is not None
-                if self.damage_active and self.damage_end_pts is None:
-                    self.damage_end_pts = packet.pts
-                self._close_stand_in()
-                if self.owns(left):
-                    if feeding and not self.owns(self.gop):
-                        self.stand_in_for = left  # its end is told once the keyframe is decoded
-                    else:
-                        emit(left)
-            if not feeding:
-                if self.owns(self.gop):
-                    self.counts.frames_undecoded += 1
-                continue
-            try:
-                frames = ctx.decode(packet)
-            except av.FFmpegError as exc:
-                if not (
-                    self.resume_pts is not None and packet.pts is not None and packet.pts < self.resume_pts
-                ):
-                    self._error(exc, packet.pts)
-                continue
-            for frame in frames:
-                self._frame(frame)
-            if (
-                plan is not None
-                and until is not None
-                and self.last_pts is not None
-                and self.last_pts >= until
-            ):
-                self._drain(ctx)  # the GOP gave what sampling needs: skip its tail
-                feeding = False
-                self._close_stand_in()
-        self._drain(ctx, reset=False)
-        self._close_stand_in()
-        if self.owns(self.gop):
-            emit(self.gop)
-        self._close_damage()
-
-    def _close_stand_in(self) -> None:
-        if self.stand_in_for is not None:
-            self.emit(self.stand_in_for)
-            self.stand_in_for = None
-
-    def _pending_before(self, pts) -> bool:
-        return bool(self.targets) and pts is not None and self.targets[0] < pts
-
-    def _drain(self, ctx, *, reset: bool = True) -> None:
-        try:
-            for frame in ctx.decode(None):
-                self._frame(frame)
-        except av.FFmpegError as exc:
-            self._error(exc, None)
-        if reset:
-            ctx.flush_buffers()
-
-    def _packets(self, container, stream):
-        """Non-empty packets of the stream; a demux error is counted and reading resumes."""
-        errors_in_a_row = 0
-        while errors_in_a_row < _MAX_DEMUX_ERRORS:
-            try:
-                for packet in container.demux(stream):
-                    errors_in_a_row = 0
-                    if packet.size:  # empty ones are flush markers or dropped-frame stubs
-                        yield packet
-                return
-            except av.FFmpegError as exc:
-                # a fresh demux() continues from where the reader stopped
-                if self.owns(self.gop):
-                    self._error(exc, None, what="demux")
-                errors_in_a_row += 1
-        if self.worker == 0:
-            self.log.warning(
-                "extract %s: giving up after %d demux errors in a row", self.stem, errors_in_a_row
-            )
-
-    # -- damage
-
-    def _error(self, exc: Exception | None, pts, what: str = "packet") -> None:
-        """A packet that did not decode (or was lost): counted; the frames decoded after it
-        until the next keyframe come from damaged references and are flagged."""
-        self.counts.frames_corrupt += 1
-        message = ffmpeg_message(exc) if exc is not None else f"the decoder flagged a {what} as corrupt"
-        self.last_error = message
-        start = self._seconds(pts) if pts is not None else self._seconds(self.last_pts)
-        if self.counts.first_decode_error is None:
-            self.counts.first_decode_error, self.first_error_s = message, start
-            self.log.warning(
-                "extract %s: damaged %s at %s: %s%s",
-                self.stem,
-                what,
-                f"{self._seconds(pts):.2f} s" if pts is not None else "an unknown time",
-                message,
-                "" if what == "frame" else "; frames until the next keyframe are flagged damaged",
-            )
-        if not self.damage_active:
-            self.damage_active = True
-            self.damage_end_pts = None
-            self.damage_ranges.append([round(start, 3), round(start, 3)])
-        else:
-            self.damage_ranges[-1][0] = min(self.damage_ranges[-1][0], round(start, 3))
-
-    def _close_damage(self) -> None:
-        """End the last range at the GOP's last frame (what the damage reaches, decoded or not)."""
-        idx = self.index
-        for rng in self.damage_ranges:
-            if idx is not None and self.time_base is not None:
-                end = idx.gop_end_pts(int(rng[0] / float(self.time_base)) + (self.start_pts or 0))
-                if end is not None:
-                    rng[1] = round(max(rng[1], self._seconds(end)), 3)
-
-    def _is_damaged(self, frame, pts) -> bool:
-        if frame.is_corrupt:  # the decoder itself flagged it: this frame, not its successors
-            if self.damage_active:
-                self.counts.frames_corrupt += 1
-            else:
-                self._error(None, pts, what="frame")
-                self.damage_active = False
-            return True
-        if not self.damage_active:
-            return False
-        if self.damage_end_pts is not None and pts is not None and pts >= self.damage_end_pts:
-            self.damage_active = False
-            return False
-        if pts is not None and self.damage_ranges:
-            self.damage_ranges[-1][1] = max(self.damage_ranges[-1][1], round(self._seconds(pts), 3))
-        return True
-
-    # -- frames
-
-    def _frame(self, frame) -> None:
-        counts = self.counts
-        pts = frame.pts if frame.pts is not None else frame.dts
-        if self.resume_pts is not None:
-            if pts is not None and pts < self.resume_pts:
-                return  # a leftover of the GOP before an intentional gap: neither kept nor damage
-            self.resume_pts = None
-        self.decoded += 1
-        t = self._time(pts)
-        index = self._index(pts, t)
-        self.last_index, self.position = index, index + 1
-        if pts is not None:
-            self.last_pts = pts
-        damaged = self._is_damaged(frame, pts)
-        if damaged:
-            counts.frames_damaged_decoded += 1
-        else:
-            counts.frames_read += 1
-        if not self._keep(index, pts, t):
-            counts.frames_skipped += 1
-        elif damaged and self.cfg.damaged_frames == "drop":
-            counts.frames_damaged += 1
-        else:
-            # one reformatter per decoder: PyAV's per-frame one re-creates the scaler each
-            # time, ~10x slower than the conversion itself
-            image = self.reformatter.reformat(frame, format="bgr24").to_ndarray()
-            self.emit(_Kept(pts, index, t, image, rotation_of(frame, self.stream), damaged))
-
-    def _keep(self, index: int, pts, t: float) -> bool:
-        policy = self.cfg.sampling
-        if policy in ("all", "keyframes"):
-            return True
-        if self.every_n_fallback:
-            return index % self.cfg.every_n == 0
-        if self.fps_fallback or pts is None:
-            # first frame at or after each step of presentation time; works for variable
-            # frame rates, and a gap in the stream skips the steps it spans
-            step = 1.0 / self.cfg.fps
-            if t < self.next_t - 1e-6:
-                return False
-            self.next_t = (int(t / step + 1e-6) + 1) * step
-            return True
-        key = self.plan is not None and pts in self.plan.key_picks
-        hit = bool(self.targets) and self.targets[0] <= pts
-        while self.targets and self.targets[0] <= pts:
-            self.targets.popleft()
-        return key or hit
-
-    def _seconds(self, pts) -> float:
-        if pts is None or self.time_base is None:
-            return 0.0
-        return float((pts - (self.start_pts or 0)) * self.time_base)
-
-    def _time(self, pts) -> float:
-        """Presentation time in seconds since the stream start."""
-        if pts is None or self.time_base is None:
-            return (self.decoded - 1) / self.fallback_fps
-        if self.start_pts is None or (self.decoded == 1 and pts < self.start_pts):
-            self.start_pts = pts  # no stream start time, or the first frame precedes it
-        return float((pts - self.start_pts) * self.time_base)
-
-    def _index(self, pts, t: float) -> int:
-        """The frame's true position: the rank of its timestamp among all packets (so
-        skipped, undecoded and damaged frames keep their places)."""
-        if self.index is not None and pts is not None:
-            return max(self.index.position(pts), self.last_index + 1)
-        if self.cfg.sampling == "keyframes" or self.counts.frames_corrupt:
-            return max(round(t * self.fallback_fps), self.last_index + 1)
-        return self.decoded - 1
 
 
 class _Extraction:
@@ -533,7 +206,7 @@ class _Extraction:
         self.stem, self.video_ext = stem, video_ext
         self.image_ext = cfg.image_format
         self.index = index if index is not None and index.n_packets else None
-        self.decoders: list[_Decoder] = []
+        self.decoders: list[GopDecoder] = []
         self.last_index = -1
         self.last_pts: int | None = None
         self.last_thumb: np.ndarray | None = None
@@ -567,7 +240,7 @@ class _Extraction:
     def run(self, path: PathLike) -> None:
         self.result.decoders = n = self.n_decoders()
         self.decoders = [
-            _Decoder(self.info, self.cfg, self.stem, self.log, self.index, (w, n)) for w in range(n)
+            GopDecoder(self.info, self.cfg, self.stem, self.log, self.index, (w, n)) for w in range(n)
         ]
         self.pool = ThreadPoolExecutor(self.cfg.upload_workers, thread_name_prefix="framesift-frames")
         try:
@@ -589,7 +262,7 @@ class _Extraction:
         stop = threading.Event()
         queues = [queue.Queue(maxsize=_QUEUED_FRAMES) for _ in self.decoders]
 
-        def work(decoder: _Decoder, out: queue.Queue) -> None:
+        def work(decoder: GopDecoder, out: queue.Queue) -> None:
             def put(item) -> None:
                 while not stop.is_set():
                     try:
@@ -640,10 +313,8 @@ class _Extraction:
 
     def _merge_counts(self) -> None:
         result = self.result
-        for d in self.decoders:
-            for name in ("frames_read", "frames_skipped", "frames_undecoded", "frames_corrupt",
-                         "frames_damaged_decoded", "frames_damaged"):  # fmt: skip
-                setattr(result, name, getattr(result, name) + getattr(d.counts, name))
+        for name in (f.name for f in dataclasses.fields(DecodeCounts) if f.name.startswith("frames_")):
+            setattr(result, name, getattr(result, name) + sum(getattr(d.counts, name) for d in self.decoders))
         errors = sorted(
             (d.first_error_s, d.counts.first_decode_error)
             for d in self.decoders
@@ -655,7 +326,7 @@ class _Extraction:
     # -- kept frames, in time order
 
     def _take(self, item) -> None:
-        if not isinstance(item, _Kept):
+        if not isinstance(item, KeptFrame):
             return  # a GOP boundary: only the parallel merge needs it
         if item.pts is not None and item.pts == self.last_pts:
             self.result.frames_skipped += 1  # a keyframe two decoders both stood in with
