@@ -17,10 +17,12 @@ session id::
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -52,7 +54,8 @@ class Browser:
         binary = chromium_binary()
         if binary is None:
             raise RuntimeError("no chromium on PATH: scripts/ensure_services.sh installs Debian's package")
-        self._dir = tempfile.TemporaryDirectory(prefix="chromium-")
+        # Chromium's helper processes may still write to the profile while it exits
+        self._dir = tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True)
         profile = Path(self._dir.name)
         self._stderr = open(profile / "stderr.log", "w+")  # a file: a pipe nobody reads fills and blocks
         args = [
@@ -68,7 +71,11 @@ class Browser:
         if os.geteuid() == 0:
             args.append("--no-sandbox")  # Chromium refuses to run as root with its sandbox
         self.proc = subprocess.Popen(
-            [*args, "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr
+            [*args, "about:blank"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            start_new_session=True,  # its own process group: the helpers are stopped with it
         )
         try:
             self.ws = connect(self._ws_url(), max_size=None, open_timeout=TIMEOUT_S)
@@ -91,12 +98,14 @@ class Browser:
     def __exit__(self, *exc) -> None:
         if self.ws is not None:
             self.ws.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self._stderr.close()
         self._dir.cleanup()
