@@ -186,6 +186,14 @@ def test_openvino_streams_keep_the_batch_order(threads, coco, frames, export_cac
         np.testing.assert_allclose(emb, np.concatenate([a[1] for a in alone[:n]]), rtol=1e-4, atol=1e-5)
 
 
+def test_onnxruntime_threads_sleep_when_idle(coco, export_cache):
+    """Spinning ONNX Runtime threads take CPU from the decoding and encoding that run beside
+    inference (inference.overlap)."""
+    rt = backends.make_runtime("onnxruntime", coco.network, coco.device, False, cache_dir=export_cache)
+    options = rt.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_exports_are_cached_by_content(export_cache, caplog):
     net = load_network(default_model_path())
     first = backends.export_onnx(net, export_cache)
