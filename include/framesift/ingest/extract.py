@@ -297,8 +297,8 @@ class _Extraction:
                 else:
                     self._take(item)
             for w, q in enumerate(queues):  # the others end too (or failed)
-                if w != max(gop, 0) % n:
-                    self._next(q)
+                while w != max(gop, 0) % n and (item := self._next(q)) is not _DONE:
+                    self._take(item)
         finally:
             stop.set()
             for thread in threads:
