@@ -32,6 +32,7 @@ import numpy as np
 from framesift.inference.models import InferenceError, PathLike, default_cache_dir
 from framesift.inference.networks import Network, prepare_for_export, restore_after_export
 from framesift.inference.runtimes import CPU_FORWARD_BATCH, import_torch
+from framesift.io.machine import usable_cpus
 
 _LOG = logging.getLogger("framesift.inference")
 
@@ -54,10 +55,7 @@ def cpu_threads() -> int:
     env = os.environ.get("FRAMESIFT_INFERENCE_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def is_installed(runtime: str) -> bool:

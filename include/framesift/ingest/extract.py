@@ -54,6 +54,7 @@ from framesift.ingest.probe import (
     probe,
 )
 from framesift.io import layout
+from framesift.io.machine import usable_cpus
 from framesift.io.s3 import join_key, put_bytes, put_json, s3_uri
 
 _LOG = logging.getLogger("framesift.video")
@@ -234,7 +235,7 @@ class _Extraction:
             cfg.skip_decoding and cfg.sampling in ("fps", "every_n") and idx is not None and idx.complete
         ):
             return 1
-        workers = cfg.decode_workers or min(_MAX_AUTO_DECODERS, _usable_cpus())
+        workers = cfg.decode_workers or min(_MAX_AUTO_DECODERS, usable_cpus())
         return max(1, min(workers, len(idx.keyframe_pts)))
 
     def run(self, path: PathLike) -> None:
@@ -411,13 +412,6 @@ class _Extraction:
             speed,
             left,
         )
-
-
-def _usable_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 _CV2_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
