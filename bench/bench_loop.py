@@ -18,7 +18,8 @@ model; later rounds from the strategy's previous model, fewer epochs, as retrain
 champion does), and evaluated on the test videos (mAP50-95, mAP50, AP per class). framesift and plain
 diversity select on the embeddings and predictions of that strategy's current model (the
 pretrained one in round 1), as ingest does with ``serve_champion``; the frames already
-labeled are their datapool (re-embedded by the current model: one embedding space).
+labeled are their datapool (re-embedded by the current model: one embedding space; run by
+OpenVINO by default, whose outputs match torch's, ``--runtime`` to change it).
 
 Strategies: ``framesift`` (the default recipe with the datapool's regime: cold start below
 ``selection.cold_start_labels``), ``diversity`` (k-center greedy alone), ``uniform`` (evenly
@@ -182,21 +183,28 @@ def van_der_corput_order(n: int) -> np.ndarray:
     return np.asarray(order[:n])
 
 
-def embed(model_path: Path, frames: list[dict], imgsz: int) -> tuple[np.ndarray, list, list]:
+def embed(model_path: Path, frames: list[dict], args, cache: dict) -> tuple[np.ndarray, list, list]:
+    """Embeddings and predictions of every training frame by one model; ``cache`` keeps them
+    per model file (round 1 of framesift and diversity both start from the pretrained model)."""
     from framesift.inference.detector import Detector
 
-    detector = Detector(model_path, imgsz=imgsz, device="cpu")  # the config default confidence (0.3)
+    if str(model_path) in cache:
+        return cache[str(model_path)]
+    detector = Detector(  # the config default confidence (0.3)
+        model_path, imgsz=args.imgsz, device="cpu", runtime=args.runtime, cache_dir=args.export_dir
+    )
     preds, embs = [], []
     for a in range(0, len(frames), 32):
         p, e = detector.predict([f["image"] for f in frames[a : a + 32]])
         preds += [[b.to_lightly() for b in fp.boxes] for fp in p]
         embs.append(e)
     cats = [{"id": i, "name": n} for i, n in detector.categories.items()]
-    return np.concatenate(embs), preds, cats
+    cache[str(model_path)] = np.concatenate(embs), preds, cats
+    return cache[str(model_path)]
 
 
 def pick(
-    strategy: str, frames: list[dict], labeled: list[int], budget: int, seed: int, model: Path, imgsz: int
+    strategy: str, frames: list[dict], labeled: list[int], budget: int, seed: int, model: Path, args, cache: dict
 ):
     n = len(frames)
     taken = set(labeled)
@@ -206,7 +214,7 @@ def pick(
     if strategy == "uniform":
         order = van_der_corput_order(n)  # frames are in timeline order, video after video
         return [int(i) for i in order if i not in taken][:budget], {}
-    emb, preds, cats = embed(model, frames, imgsz)
+    emb, preds, cats = embed(model, frames, args, cache)
     names = [f"v{f['video']}-{f['index']:04d}-mp4.png" for f in frames]
     inputs = SelectionInputs(
         names,
@@ -284,12 +292,14 @@ def run_seed(seed: int, args) -> list[dict]:
         work = Path(tmp)
         write_yolo_set(test, work / "test", "test")
         test_yaml = data_yaml(work / "test", "test")
+        args.export_dir = work / "exports"  # the runtime's exported graphs, removed with the seed
+        cache: dict = {}
         for strategy in STRATEGIES:
             labeled: list[int] = []
             model = fall_model_path()
             for r in range(1, args.rounds + 1):
                 t0 = time.perf_counter()
-                new, info = pick(strategy, frames, labeled, args.budget, seed, model, args.imgsz)
+                new, info = pick(strategy, frames, labeled, args.budget, seed, model, args, cache)
                 labeled += new
                 t1 = time.perf_counter()
                 sdir = work / strategy
@@ -394,18 +404,24 @@ def main() -> int:
     p.add_argument("--epochs-next", type=int, default=6, help="later rounds (from the previous model)")
     p.add_argument("--imgsz", type=int, default=160)
     p.add_argument("--freeze", type=int, default=10, help="backbone layers kept frozen (YOLOv8: 10)")
+    p.add_argument(
+        "--runtime",
+        default="openvino",
+        help="runtime of the per-round embedding (inference.runtime; same outputs as torch, faster here)",
+    )
     p.add_argument("--train-videos", type=int, default=4)
     p.add_argument("--train-seconds", type=int, default=480)
     p.add_argument("--test-videos", type=int, default=3)
     p.add_argument("--test-seconds", type=int, default=100)
     args = p.parse_args()
+    settings = dict(vars(args))
     (ROOT / "var").mkdir(exist_ok=True)
     started = time.monotonic()
     rows = []
     for seed in range(args.seeds):
         rows += run_seed(seed, args)
     out = summarize(rows, args.rounds)
-    out.update({"rows": rows, "settings": vars(args), "elapsed_s": round(time.monotonic() - started, 1)})
+    out.update({"rows": rows, "settings": settings, "elapsed_s": round(time.monotonic() - started, 1)})
     write_result(
         "loop",
         out,
