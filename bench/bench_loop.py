@@ -33,7 +33,8 @@ at the last round (mean of the per-seed differences) with its 95 % interval. Tar
 ratio <= 0.5 and points_vs_random >= 5 with its interval above 0.
 
 Run: .venv/bin/python bench/bench_loop.py [--seeds 5 --rounds 4 --budget 25]
-Results: bench/results/loop.json
+Results: bench/results/loop.json and its curves, bench/results/loop.png (``--plot-only``
+redraws them from the JSON)
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ CLASSES = ["box", "disc", "triangle", "ring"]
 COMMON, RARE = ["box", "disc", "triangle"], "ring"
 STRATEGIES = ["framesift", "diversity", "uniform", "random"]
 WIDTH, HEIGHT = 320, 240
+RESULT, PLOT = ROOT / "bench" / "results" / "loop.json", ROOT / "bench" / "results" / "loop.png"
 DIV = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 
 
@@ -395,6 +397,34 @@ def summarize(rows: list[dict], rounds: int) -> dict:
     }
 
 
+def plot_curves(table: dict, path: Path) -> None:
+    """mAP50-95 and rare-class AP50-95 against labels, each strategy's mean over the seeds
+    with its 95 % interval shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for ax, key, title in zip(
+        axes, ("map50_95", "rare_ap50_95"), ("mAP50-95 (held-out videos)", "rare class AP50-95"), strict=True
+    ):
+        for strategy, steps in table.items():
+            labels = [0] + [step["labels"] for step in steps]
+            mean = [0.0] + [step[key]["mean"] for step in steps]
+            low = [0.0] + [step[key]["ci95"][0] for step in steps]
+            high = [0.0] + [step[key]["ci95"][1] for step in steps]
+            (line,) = ax.plot(labels, mean, marker="o", label=strategy)
+            ax.fill_between(labels, low, high, color=line.get_color(), alpha=0.15)
+        ax.set(title=title, xlabel="labels", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    fig.suptitle(f"Label efficiency: mean over seeds, 95 % interval shaded ({path.name})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=5)
@@ -413,8 +443,12 @@ def main() -> int:
     p.add_argument("--train-seconds", type=int, default=480)
     p.add_argument("--test-videos", type=int, default=3)
     p.add_argument("--test-seconds", type=int, default=100)
+    p.add_argument("--plot-only", action="store_true", help="redraw loop.png from loop.json, run nothing")
     args = p.parse_args()
-    settings = dict(vars(args))
+    if args.plot_only:
+        plot_curves(json.loads(RESULT.read_text())["table"], PLOT)
+        return 0
+    settings = {k: v for k, v in vars(args).items() if k != "plot_only"}
     (ROOT / "var").mkdir(exist_ok=True)
     started = time.monotonic()
     rows = []
@@ -436,6 +470,7 @@ def main() -> int:
         met=out["met"],
         raw_timings_s={"elapsed": out["elapsed_s"]},
     )
+    plot_curves(out["table"], PLOT)
     for s in STRATEGIES:
         line = "  ".join(f"{row['labels']}: {row['map50_95']['mean']:.3f}" for row in out["table"][s])
         print(f"{s:<10} {line}")

@@ -8,7 +8,7 @@ A page holds a generated table between two marker lines, the first naming the ta
 
 Tables: ``summary`` (README.md: ratio, target, met), ``full`` (docs/benchmarks.md: also
 the peer and what the ratio means), ``details`` (the headline numbers behind each ratio),
-``misses`` (the benchmarks whose target is not met) and ``machines`` (where they ran).
+``loop`` (the label-efficiency curves per strategy and round), ``misses`` (the benchmarks whose target is not met) and ``machines`` (where they ran).
 Every table is a function of the JSON files alone (no clock, no run state), so
 tests/unit/test_docs.py can check that each page shows exactly what the JSON says.
 
@@ -227,26 +227,45 @@ DETAILS: dict[str, list[tuple[str, str]]] = {
         ("noisy, diversity x typicality", "details.ratio.noisy/framesift_diversity_typicality"),
     ],
     "loop": [
-        ("uniform's final mAP50-95", "efficiency.uniform_final_map50_95"),
-        ("uniform's labels at the end", "efficiency.uniform_final_labels"),
-        ("framesift's labels to reach it", "efficiency.framesift_labels_to_reach_uniform"),
-        ("mAP50-95 points vs random, per round", "efficiency.map_points_vs_random_per_round"),
-        ("mAP50-95 points vs random, at the end", "efficiency.map_points_vs_random_final"),
+        ("uniform's final mean mAP50-95 and its labels", "uniform_final"),
+        ("framesift's labels to reach it (linear between rounds)", "labels_to_reach_uniform_final"),
+        ("mAP50-95 points vs random at the last round (mean of the seeds' differences)", "points_vs_random"),
+        ("its 95 % interval", "points_vs_random_ci95"),
+        ("mAP50-95 points vs uniform at the last round", "points_vs_uniform"),
         ("settings", "settings"),
     ],
 }
 
 
-LOOP_SETTINGS = (
-    "rounds",
-    "videos_per_round",
-    "seed_labels",
-    "budget_per_round",
-    "epochs",
-    "imgsz",
-    "error_rate",
-    "seed",
+# the loop table: per strategy and round, these metrics (mean [95 % interval] over seeds)
+LOOP_METRICS = (
+    ("mAP50-95", "map50_95"),
+    ("mAP50", "map50"),
+    ("rare-class AP50-95", "rare_ap50_95"),
+    ("rare-event frames labeled", "rare_frames_labeled"),
+    ("scenes labeled", "scenes_labeled"),
 )
+
+
+def mean_interval(value: Any) -> str:
+    """``{"mean", "ci95"}`` as 'mean [low, high]'."""
+    if not isinstance(value, Mapping):
+        return value_text(value)
+    low, high = value.get("ci95") or (None, None)
+    return f"{number(value.get('mean'))} [{number(low)}, {number(high)}]"
+
+
+def loop_table(results: Results) -> str:
+    """docs/benchmarks.md: bench_loop.py's learning curves, every strategy and round."""
+    r = results.get("loop")
+    if not r or not r.get("table"):
+        return "bench_loop.py has not been run yet.\n"
+    rows = [
+        [strategy, step["round"], step["labels"], *(mean_interval(step.get(key)) for _, key in LOOP_METRICS)]
+        for strategy, steps in r["table"].items()
+        for step in steps
+    ]
+    return table(["strategy", "round", "labels", *(name for name, _ in LOOP_METRICS)], rows)
 
 
 # coverage rows: per data set and budget, these metrics of every method (random: its mean)
@@ -286,8 +305,6 @@ def details_table(results: Results) -> str:
             rows += coverage_rows(r)
         for label, path in DETAILS.get(name, []):
             value = lookup(r, path)
-            if name == "loop" and path == "settings" and isinstance(value, Mapping):
-                value = {k: value[k] for k in LOOP_SETTINGS if k in value}
             rows.append([script(name), label, value_text(value)])
     return table(["benchmark", "measure", "value (from the JSON)"], rows)
 
@@ -329,6 +346,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "full": full_table,
     "details": details_table,
     "misses": misses_table,
+    "loop": loop_table,
     "machines": machines_list,
 }
 
