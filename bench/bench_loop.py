@@ -206,7 +206,14 @@ def embed(model_path: Path, frames: list[dict], args, cache: dict) -> tuple[np.n
 
 
 def pick(
-    strategy: str, frames: list[dict], labeled: list[int], budget: int, seed: int, model: Path, args, cache: dict
+    strategy: str,
+    frames: list[dict],
+    labeled: list[int],
+    budget: int,
+    seed: int,
+    model: Path,
+    args,
+    cache: dict,
 ):
     n = len(frames)
     taken = set(labeled)
@@ -247,12 +254,12 @@ def pick(
 def train_and_evaluate(
     frames, labeled, test_yaml: Path, work: Path, start: Path, epochs: int, args, seed: int
 ):
-    from framesift.inference.models import ultralytics_yolo
+    from framesift.inference.models import ultralytics_model
 
     folder = work / "train"
     shutil.rmtree(folder, ignore_errors=True)
     write_yolo_set([frames[i] for i in labeled], folder, "train")
-    yolo = ultralytics_yolo()(str(start))
+    yolo = ultralytics_model(start)
     yolo.train(
         data=str(data_yaml(folder, "train")),
         epochs=epochs,
@@ -271,7 +278,7 @@ def train_and_evaluate(
         exist_ok=True,
     )
     weights = work / "runs" / "train" / "weights" / "last.pt"
-    model = ultralytics_yolo()(str(weights))
+    model = ultralytics_model(weights)
     m = model.val(data=str(test_yaml), imgsz=args.imgsz, batch=32, workers=0, plots=False, verbose=False)
     # per-class AP of the classes with test boxes (ultralytics' ``maps`` fills the others with
     # the mean); a class the model never learned scores 0

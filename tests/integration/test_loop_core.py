@@ -15,11 +15,13 @@ import json
 
 import cv2
 import pytest
+import torch
 import yaml
 
 from framesift.config.loading import parse_config
 from framesift.config.schema import ReviewConfig
 from framesift.io import layout, model_registry
+from framesift.io.machine import usable_cpus
 from framesift.io.s3 import get_bytes, list_objects, parse_s3_uri, put_bytes
 from framesift.labeling import queue as lq
 from framesift.labeling.base import DONE, Box, FrameAnnotation
@@ -265,7 +267,16 @@ def test_train_evaluate_promote_serve_and_failures_keep_the_champion(cfg, s3, db
             "training": {**cfg.training.model_dump(), "promotion_margin": 1.0, "base_model": "champion"},
         }
     )
-    m2 = training.train_model(s3, db, strict, run_id="r2", work_dir=tmp_path)
+    threads = []  # ultralytics sets torch to cpu_count - 1 threads on the CPU: framesift gives them back
+    m2 = training.train_model(
+        s3,
+        db,
+        strict,
+        run_id="r2",
+        work_dir=tmp_path,
+        callbacks={"on_train_epoch_start": lambda trainer: threads.append(torch.get_num_threads())},
+    )
+    assert threads == [usable_cpus()]
     assert m2["parent_model"] == m1["_id"]  # fine-tuned from the champion
     training.evaluate_model(s3, db, strict, m2["_id"], work_dir=tmp_path)
     p2 = training.promote(s3, db, strict, m2["_id"], work_dir=tmp_path)

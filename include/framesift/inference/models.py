@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from framesift.io.machine import usable_cpus
 from framesift.io.s3 import make_client, parse_s3_uri
 
 _LOG = logging.getLogger("framesift.inference")
@@ -64,6 +65,30 @@ def ultralytics_yolo():
     # no telemetry, and no ultralytics ClearML/MLflow callbacks: framesift records its own run
     settings.update({"sync": False, "clearml": False, "mlflow": False})
     return YOLO
+
+
+# ultralytics' events that follow its device pick (trainer, validator, predictor)
+AFTER_DEVICE_PICK = ("on_pretrain_routine_start", "on_val_start", "on_predict_start")
+
+
+def ultralytics_model(weights: PathLike):
+    """An ultralytics YOLO model for training, validation or predict, loaded offline, whose
+    runs use every CPU this process may use: ultralytics sets torch to ``cpu_count - 1``
+    threads whenever it picks a CPU device (1 thread on a 2-core machine, which halves
+    training speed there)."""
+    yolo = ultralytics_yolo()(str(weights))
+    for event in AFTER_DEVICE_PICK:
+        yolo.add_callback(event, use_every_cpu)
+    return yolo
+
+
+def use_every_cpu(run: Any) -> None:
+    """ultralytics callback: torch back to every usable CPU when the run is on the CPU."""
+    import torch
+
+    device = getattr(run, "device", None)
+    if device is not None and torch.device(device).type == "cpu":
+        torch.set_num_threads(usable_cpus())
 
 
 def package_file(uri: str) -> Path:

@@ -15,7 +15,7 @@
   test-set version (the champion is re-evaluated when its numbers are on another version).
 
 ultralytics is imported inside the functions (with its hub sync, ClearML and MLflow
-callbacks off: see :func:`framesift.inference.models.ultralytics_yolo`).
+callbacks off: see :func:`framesift.inference.models.ultralytics_model`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pymongo import ReturnDocument
 from pymongo.database import Database
 
 from framesift.config.schema import PipelineConfig
-from framesift.inference.models import FALL_MODEL_URI, resolve_model, ultralytics_yolo
+from framesift.inference.models import FALL_MODEL_URI, resolve_model, ultralytics_model
 from framesift.io.model_registry import MODELS, champion, record_evaluation
 from framesift.io.s3 import exists, join_key, s3_uri
 from framesift.loop import trainset
@@ -120,7 +120,7 @@ def train_model(
         data_yaml = trainset.download(s3, ts["uri"], work / "data")
         weights, parent = _base_weights(s3, db, cfg, work)
         db[MODELS].update_one({"_id": model_id}, {"$set": {"parent_model": parent, "base": weights}})
-        yolo = ultralytics_yolo()(weights)
+        yolo = ultralytics_model(weights)
         for event, fn in (callbacks or {}).items():
             yolo.add_callback(event, fn)
         yolo.train(
@@ -243,7 +243,7 @@ def measure(
     test_dir = work / f"test-{manifest['version']}"
     if not (test_dir / "data.yaml").is_file():
         trainset.download(s3, cfg.evaluation.test_set, test_dir)
-    yolo = ultralytics_yolo()(str(resolve_model(checkpoint_uri, s3, work / "cache")))
+    yolo = ultralytics_model(resolve_model(checkpoint_uri, s3, work / "cache"))
     metrics = _val(yolo, test_dir / "data.yaml", "test", cfg, work)
     names = {int(k): v for k, v in yaml.safe_load((test_dir / "data.yaml").read_text())["names"].items()}
     metrics["accuracy"] = _frame_accuracy(yolo, test_dir, names, cfg)
