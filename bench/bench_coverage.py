@@ -25,8 +25,10 @@ with ``framesift.ingest.metadata.ShotDetector``), ``framesift_diversity`` (k-cen
 recipe once enough frames are labeled: DIVERSITY x WEIGHTS(uncertainty_entropy); only where
 there are predictions), ``random`` (10 seeds: mean and 95 % interval), ``uniform_in_time``
 (evenly spaced along each video's timeline, the budget split by video length) and
-``apricot_facility_location`` (apricot-select 0.6.1 on a 20-nearest-neighbour graph, the
-graph's time reported apart from the selection's). Where there are images,
+``apricot_facility_location`` (apricot-select 0.6.1 on the dense similarity matrix, its
+default, up to 20,000 frames, else on a 20-nearest-neighbour graph; the matrix's or graph's
+time reported apart from the selection's: on a 20-NN graph the static stretches' exact
+duplicates trap it, which a dense matrix does not). Where there are images,
 ``framesift_cascade``: the detector cascade (``inference.cascade``, its default thresholds:
 ``framesift.inference.cascade``) gates each video's frames in time order by their cheap
 embedding, the default recipe selects among the frames the detector ran on only, and the
@@ -77,6 +79,8 @@ from framesift.selection.metrics import coverage  # noqa: E402
 from framesift.selection.spec import parse_selection  # noqa: E402
 
 RANDOM_SEEDS = 10
+# apricot on the dense similarity matrix up to this many frames (20,000^2 float64: 3.2 GB)
+APRICOT_DENSE_MAX_FRAMES = 20_000
 CHEAP_TIMINGS: list[tuple[int, float, tuple[int, int]]] = []  # (frames, seconds, frame size)
 DIV = {"input": {"type": "EMBEDDINGS"}, "strategy": {"type": "DIVERSITY"}}
 UNCERTAINTY = {"input": {"type": "SCORES", "score": "uncertainty_entropy"}, "strategy": {"type": "WEIGHTS"}}
@@ -295,7 +299,7 @@ def run_method(method: str, d: dict, k: int, seed: int = 0) -> tuple[np.ndarray,
     if method == "uniform_in_time":
         return uniform_in_time(d["video"], d["index"], k), extra
     if method == "apricot_facility_location":
-        return apricot_select(d["x"], k)
+        return apricot_select(d["x"], k, dense=n <= APRICOT_DENSE_MAX_FRAMES)
     raise SystemExit(f"unknown method {method}")
 
 
@@ -468,7 +472,7 @@ def main() -> int:
         },
         what="coverage of the footage by the selected frames (radius, mean distance, scene recall, "
         "near-duplicates) at equal budget, on generated video-like embeddings, generated videos and real clips",
-        peer="random sampling (10 seeds), uniform in time, apricot facility location (20-NN graph)",
+        peer="random sampling (10 seeds), uniform in time, apricot facility location (dense similarity up to 20,000 frames, else a 20-NN graph)",
         ratio=round(head["random"]["radius"]["mean"] / head["framesift_default"]["radius"], 3),
         ratio_means="random's radius / framesift's on generated_embeddings; > 1 means framesift covers the "
         "worst-served frames better",
