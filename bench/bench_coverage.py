@@ -472,7 +472,8 @@ def main() -> int:
         },
         what="coverage of the footage by the selected frames (radius, mean distance, scene recall, "
         "near-duplicates) at equal budget, on generated video-like embeddings, generated videos and real clips",
-        peer="random sampling (10 seeds), uniform in time, apricot facility location (dense similarity up to 20,000 frames, else a 20-NN graph)",
+        peer="random sampling (10 seeds), uniform in time, apricot facility location "
+        "(dense similarity up to 20,000 frames, else a 20-NN graph)",
         ratio=round(head["random"]["radius"]["mean"] / head["framesift_default"]["radius"], 3),
         ratio_means="random's radius / framesift's on generated_embeddings; > 1 means framesift covers the "
         "worst-served frames better",

@@ -8,7 +8,8 @@ A page holds a generated table between two marker lines, the first naming the ta
 
 Tables: ``summary`` (README.md: ratio, target, met), ``full`` (docs/benchmarks.md: also
 the peer and what the ratio means), ``details`` (the headline numbers behind each ratio),
-``loop`` (the label-efficiency curves per strategy and round), ``misses`` (the benchmarks whose target is not met) and ``machines`` (where they ran).
+``loop`` (the label-efficiency curves per strategy and round), ``misses`` (the benchmarks
+whose target is not met) and ``machines`` (where they ran).
 Every table is a function of the JSON files alone (no clock, no run state), so
 tests/unit/test_docs.py can check that each page shows exactly what the JSON says.
 
