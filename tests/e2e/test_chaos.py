@@ -261,19 +261,30 @@ def test_chaos_nothing_stranded_nothing_twice(chaos, s3, mongo, label_studio, tm
     kills = [f for f in shots if f["action"] == "kill"]
     by_point = {p: sum(1 for f in kills if f["point"] == p) for p in KILL_POINTS}
     docs = list(db.videos.find())
-    project = requests.get(
-        f"{label_studio.url}/api/projects",
-        params={"title": cfg.labeling.project_name},
-        headers={"Authorization": f"Token {label_studio.token}"},
-        timeout=30,
-    ).json()["results"]
-    (project,) = [p for p in project if p["title"] == cfg.labeling.project_name]
-    tasks = requests.get(
-        f"{label_studio.url}/api/tasks",
-        params={"project": project["id"], "page_size": 1000, "fields": "all"},
-        headers={"Authorization": f"Token {label_studio.token}"},
-        timeout=60,
-    ).json()["tasks"]
+    same_title = [
+        p
+        for p in requests.get(
+            f"{label_studio.url}/api/projects",
+            params={"title": cfg.labeling.project_name},
+            headers={"Authorization": f"Token {label_studio.token}"},
+            timeout=30,
+        ).json()["results"]
+        if p["title"] == cfg.labeling.project_name
+    ]
+
+    def project_tasks(project_id: int) -> list[dict]:
+        return requests.get(
+            f"{label_studio.url}/api/tasks",
+            params={"project": project_id, "page_size": 1000, "fields": "all"},
+            headers={"Authorization": f"Token {label_studio.token}"},
+            timeout=60,
+        ).json()["tasks"]
+
+    # framesift pushes to the oldest project of its title; a push killed between creating the
+    # project and deleting its own duplicate leaves an empty one behind, which stays empty
+    project = min(same_title, key=lambda p: p["id"])
+    tasks = project_tasks(project["id"])
+    stray_tasks = {p["id"]: len(project_tasks(p["id"])) for p in same_title if p is not project}
     tasks_by_key: dict[str, int] = {}
     for task in tasks:
         tasks_by_key[task["data"]["video_key"]] = tasks_by_key.get(task["data"]["video_key"], 0) + 1
@@ -297,7 +308,8 @@ def test_chaos_nothing_stranded_nothing_twice(chaos, s3, mongo, label_studio, tm
         f"[chaos] kills survived: {len(kills)} ({', '.join(f'{p} {n}' for p, n in by_point.items())}); "
         f"zombie {zombie_key}: frozen, retried, resumed, {len(refused_by_zombie)} write(s) refused\n"
         f"[chaos] pushed exactly once (Label Studio tasks): {pushed_once}/{N_VIDEOS}; stranded: {stranded}; "
-        f"duplicates: records {duplicate_records}, tasks {duplicate_tasks}, frames {duplicate_frames}; "
+        f"duplicates: records {duplicate_records}, tasks {duplicate_tasks}, frames {duplicate_frames}, "
+        f"empty projects of the same title left by a kill {len(stray_tasks)}; "
         f"refused writes in all: {refused}"
     )
 
@@ -310,6 +322,7 @@ def test_chaos_nothing_stranded_nothing_twice(chaos, s3, mongo, label_studio, tm
     ]
     assert pushed_once == N_VIDEOS and len(tasks) == N_VIDEOS, tasks_by_key
     assert stranded == 0 and duplicate_records == 0 and duplicate_tasks == 0 and duplicate_frames == 0
+    assert not any(stray_tasks.values()), f"tasks outside the project framesift uses: {stray_tasks}"
     assert refused_by_zombie, "the zombie's attempt was not refused (or never resumed)"
     for d in docs:  # every video pushed once, its record naming the one Label Studio task
         assert [h["status"] for h in d["history"]].count("pushed") == 1, d["history"]
